@@ -1,0 +1,69 @@
+"""Per-epoch training checkpoints that survive a killed stage, and safe loading of .pt files.
+
+DVC deletes a stage's declared outputs before running it, so checkpoints live in the
+git-ignored CHECKPOINT_DIR, one file per stage. Each carries a key derived from
+everything that determines the result (params, input data, code): a checkpoint whose key does
+not match is ignored, so changed inputs never resume from stale state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdpipe.errors import UnsafeCheckpointError
+from kdpipe.files import sha256_files, write_with
+from kdpipe.models import ConvNet, build_model
+from kdpipe.paths import CHECKPOINT_DIR
+
+SRC_DIR = Path(__file__).parent
+
+
+def safe_load(path: str | Path) -> Any:
+    """torch.load restricted to tensors and plain types: a file that would run code when
+    unpickled is refused with a clear error instead of being executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load: it contains objects other than tensors and plain "
+            f"types, which could run code when unpickled ({str(err).splitlines()[0]})") from None
+
+
+def load_model(path: Path, device: torch.device) -> tuple[ConvNet, dict]:
+    """A model saved by a training stage, on `device`, plus its saved dict."""
+    saved = safe_load(path)
+    model = build_model(saved["arch"], len(saved["classes"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device, memory_format=torch.channels_last), saved
+
+
+def run_key(*parts: Any, files: list[Path] = ()) -> str:
+    """A digest of `parts` (JSON-able: params, data digests) and of the project's code."""
+    code = sorted(SRC_DIR.glob("*.py")) + list(files)
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256((text + sha256_files(code)).encode()).hexdigest()
+
+
+class Checkpoint:
+    def __init__(self, name: str, key: str, folder: Path = CHECKPOINT_DIR):
+        self.path = folder / f"{name}.pt"
+        self.key = key
+        self.extra: dict = {}  # saved with every state, e.g. the MLflow run id to continue
+
+    def load(self) -> dict | None:
+        """The saved state if there is one for the same key, else None."""
+        if not self.path.exists():
+            return None
+        state = safe_load(self.path)
+        return state if state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        write_with(self.path, lambda tmp: torch.save({"key": self.key, **self.extra, **state}, tmp))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

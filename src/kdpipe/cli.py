@@ -1,0 +1,22 @@
+"""Entry-point wrapper for stages: expected failures end in one clear line, not a traceback."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from kdpipe import errors
+
+EXPECTED = (errors.ConfigError, errors.DataError, errors.TrackingError, errors.DivergedError,
+            errors.UnsafeCheckpointError)
+
+
+def run_stage(main: Callable[[], object]) -> None:
+    try:
+        main()
+    except EXPECTED as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun `dvc repro` to resume from the last finished epoch",
+              file=sys.stderr)
+        sys.exit(130)

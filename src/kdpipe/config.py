@@ -1,0 +1,211 @@
+"""Typed, validated view of params.yaml.
+
+Every section is a frozen dataclass. `load_config` rejects unknown keys, wrong types and
+out-of-range values before any stage touches data or a device, with one message that names
+the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from kdpipe.errors import ConfigError
+
+
+def rule(allowed: str, ok: Callable[[Any], bool], **kwargs) -> Any:
+    """A dataclass field whose value must satisfy `ok`; `allowed` says what is allowed."""
+    return field(metadata={"allowed": allowed, "ok": ok}, **kwargs)
+
+
+def positive_int():
+    return rule("an integer >= 1", lambda v: v >= 1)
+
+
+def positive_float():
+    return rule("a number > 0", lambda v: v > 0)
+
+
+def weight():
+    return rule("a number >= 0", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = rule("'cifar10', 'synthetic' or a path to an ImageFolder dir or .tar.gz",
+                       lambda v: v.strip() != "")
+    limit_train: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
+    limit_test: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = positive_int()
+    lr: float = positive_float()
+    batch_size: int = positive_int()
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Base for the distillation objectives: a method weight plus the cross-entropy weight."""
+
+    def check(self) -> str | None:
+        if all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if "weight" in f.name):
+            return "the weights are all 0; at least one must be > 0"
+        return None
+
+
+@dataclass(frozen=True)
+class KDConfig(LossWeights):
+    temperature: float = positive_float()
+    soft_target_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class CosineConfig(LossWeights):
+    hidden_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class HintConfig(LossWeights):
+    feature_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    kd: KDConfig
+    cosine: CosineConfig
+    hint: HintConfig
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = rule("a non-empty experiment name", lambda v: v.strip() != "")
+
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = rule("an integer >= 0", lambda v: v >= 0)
+    device: str = rule(" | ".join(DEVICES), lambda v: v in DEVICES)
+    data: DataConfig
+    teacher: TrainConfig
+    student: TrainConfig
+    distill: DistillConfig
+    mlflow: MlflowConfig
+    # CPU threads for torch; 0 keeps torch's default (one per core).
+    threads: int = rule("an integer >= 0 (0 = torch's default)", lambda v: v >= 0, default=0)
+    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off).
+    compile: bool = False
+
+
+def _type_ok(expected: type, value: Any) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:  # `dvc exp run -S distill.kd.temperature=4` writes an int
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string"}
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw`, found at dotted `path` in params.yaml."""
+    where = path or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{_join(path, key)}: unknown key{hint}; "
+                              f"allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing; expected {_allowed(f, hints[name])}")
+            continue
+        values[name] = _value(f, hints[name], raw[name], key)
+    obj = cls(**values)
+    problem = obj.check() if hasattr(obj, "check") else None
+    if problem:
+        raise ConfigError(f"{where}: {problem} (got {raw})")
+    return obj
+
+
+def _value(f: dataclasses.Field, expected: type, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(expected):
+        return build(expected, value, key)
+    if not _type_ok(expected, value):
+        raise ConfigError(f"{key}={value!r}: expected {_allowed(f, expected)}")
+    ok = f.metadata.get("ok")
+    if ok and not ok(value):
+        raise ConfigError(f"{key}={value!r}: expected {f.metadata['allowed']}")
+    return float(value) if expected is float else value
+
+
+def _allowed(f: dataclasses.Field, expected: type) -> str:
+    if dataclasses.is_dataclass(expected):
+        keys = ", ".join(g.name for g in dataclasses.fields(expected))
+        return f"a section with keys: {keys}"
+    return f.metadata.get("allowed", TYPE_NAMES.get(expected, expected.__name__))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return build(Config, raw, "")
+
+
+def as_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params and DVC use."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def section(cfg: Config, *names: str) -> dict:
+    """The named params sections ('distill.kd', 'seed', ...) as a nested plain dict."""
+    out: dict = {}
+    for name in names:
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        out[name] = as_dict(value) if hasattr(value, "__dataclass_fields__") else value
+    return out

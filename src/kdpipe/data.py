@@ -1,0 +1,109 @@
+"""Prepared data: written once by the prepare stage, loaded whole onto the device by the rest.
+
+Layout of a prepared folder (all plain .npy, loadable without pickle):
+    {train,test}_images.npy  uint8 (N, 3, 32, 32)
+    {train,test}_labels.npy  int64 (N,)
+    summary.json             classes, counts per class, digests of the data and of its source
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdpipe.config import DataConfig
+from kdpipe.errors import DataError
+from kdpipe.files import atomic_path, read_json, sha256_files, write_json
+from kdpipe.sources import SPLITS, Split, balanced_subset, read_source
+
+# The tutorial's normalisation (ImageNet statistics), applied once to the whole split.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+ARRAYS = [f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")]
+
+
+def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
+    """Read `cfg.source`, cut the seeded class-balanced subsets, write `out_dir` atomically."""
+    splits, classes = read_source(cfg.source, root, seed)
+    limits = {"train": cfg.limit_train, "test": cfg.limit_test}
+    for split in SPLITS:
+        keep = balanced_subset(splits[split].labels, limits[split], seed)
+        splits[split] = Split(splits[split].images[keep], splits[split].labels[keep])
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            np.save(tmp / f"{split}_images.npy", splits[split].images)
+            np.save(tmp / f"{split}_labels.npy", splits[split].labels)
+        summary = {
+            "source": cfg.source,
+            "source_sha256": source_digest(cfg.source, root),
+            "classes": classes,
+            "counts": {split: dict(zip(classes, np.bincount(splits[split].labels,
+                                                            minlength=len(classes)).tolist()))
+                       for split in SPLITS},
+            "sha256": sha256_files([tmp / name for name in ARRAYS]),
+        }
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def source_digest(source: str, root: Path) -> str | None:
+    """sha256 of a local archive file; None for downloads, synthetic data and folders
+    (a folder's content is covered by the prepared data's own digest)."""
+    path = Path(source) if Path(source).is_absolute() else root / source
+    if source in ("cifar10", "synthetic") or not path.is_file():
+        return None
+    return sha256_files([path])
+
+
+class Prepared:
+    """A prepared folder, loaded: uint8 arrays per split plus the summary."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        missing = [name for name in ARRAYS + ["summary.json"] if not (folder / name).exists()]
+        if missing:
+            raise DataError(f"{folder}: prepared data is missing {', '.join(missing)}; "
+                            "run `dvc repro prepare`")
+        self.summary = read_json(folder / "summary.json")
+        self.classes: list[str] = self.summary["classes"]
+        self.digest: str = self.summary["sha256"]
+        self.splits = {split: Split(np.load(folder / f"{split}_images.npy"),
+                                    np.load(folder / f"{split}_labels.npy"))
+                       for split in SPLITS}
+
+
+def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalised float32 on `device`, channels_last (NHWC in memory:
+    the fast layout for convolutions on both CPU and CUDA)."""
+    x = torch.from_numpy(images).to(device)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    x = (x.float().div_(255) - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and horizontal flip, for a whole batch at once.
+
+    Padding happens after normalisation, so padded pixels are 0 = the dataset mean, as with
+    torchvision's RandomCrop applied to a normalised tensor."""
+    n, _, h, w = batch.shape
+    padded = torch.nn.functional.pad(batch, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(0, 9, (n,), generator=generator, device=generator.device)
+    rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
+    batch_idx = torch.arange(n, device=batch.device)[:, None, None, None]
+    chan = torch.arange(3, device=batch.device)[None, :, None, None]
+    out = padded[batch_idx, chan, rows, cols]
+    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def batch_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's batches: a seeded permutation of sample indices, cut into batches (the last
+    one may be smaller, as with a DataLoader without drop_last)."""
+    return list(torch.randperm(n, generator=generator).split(batch_size))

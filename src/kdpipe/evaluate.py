@@ -1,0 +1,23 @@
+"""Accuracy on a preloaded split."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+EVAL_BATCH = 1000  # images per forward pass: large batches are faster and accuracy is exact
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             autocast=contextlib.nullcontext) -> float:
+    """Top-1 accuracy in percent. Puts `model` in eval mode and leaves it there."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for start in range(0, len(labels), EVAL_BATCH):
+        x = images[start:start + EVAL_BATCH]
+        with autocast():
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum()
+    return 100.0 * correct.item() / len(labels)

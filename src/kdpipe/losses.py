@@ -1,0 +1,111 @@
+"""Training objectives. The training loop is the same for every model; only this differs.
+
+An objective maps (student logits, student feature map, labels, teacher outputs) to a scalar
+loss. It is an nn.Module so that trainable adapters (the hint regressor) reach the optimizer
+without becoming part of the saved student.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdpipe.config import CosineConfig, HintConfig, KDConfig
+from kdpipe.models import STUDENT_FEATURES, TEACHER_FEATURES
+
+
+@dataclass
+class TeacherOutputs:
+    logits: torch.Tensor | None = None    # (B, 10)
+    features: torch.Tensor | None = None  # (B, 32, 8, 8) feature map
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, averaged over the
+    batch and scaled by T^2 so its gradients keep their size as T changes (Hinton et al.)."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def pooled_hidden(teacher_features: torch.Tensor) -> torch.Tensor:
+    """The teacher's flattened feature map (2048) average-pooled over neighbouring pairs to the
+    student's 1024, as the tutorial's avg_pool1d(flatten(x), 2)."""
+    flat = torch.flatten(teacher_features, 1)
+    return flat.view(flat.shape[0], -1, 2).mean(dim=2)
+
+
+def cosine_hidden_loss(student_features: torch.Tensor, teacher_features: torch.Tensor):
+    """CosineEmbeddingLoss with target +1: mean over the batch of 1 - cos(student, teacher)."""
+    student = torch.flatten(student_features, 1)
+    teacher = pooled_hidden(teacher_features)
+    return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+
+
+class Objective(nn.Module):
+    """Cross-entropy on the labels; subclasses add a term against the teacher."""
+
+    needs: tuple[str, ...] = ()  # which TeacherOutputs fields the objective reads
+
+    def __init__(self, ce_weight: float = 1.0):
+        super().__init__()
+        self.ce_weight = ce_weight
+
+    def forward(self, logits, features, labels, teacher: TeacherOutputs) -> torch.Tensor:
+        return self.ce_weight * F.cross_entropy(logits, labels) + self.extra(logits, features,
+                                                                              teacher)
+
+    def extra(self, logits, features, teacher: TeacherOutputs) -> torch.Tensor | float:
+        return 0.0
+
+
+class SoftTargetKD(Objective):
+    needs = ("logits",)
+
+    def __init__(self, cfg: KDConfig):
+        super().__init__(cfg.ce_weight)
+        self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
+
+    def extra(self, logits, features, teacher):
+        return self.weight * soft_target_loss(logits, teacher.logits, self.temperature)
+
+
+class CosineHidden(Objective):
+    needs = ("features",)
+
+    def __init__(self, cfg: CosineConfig):
+        super().__init__(cfg.ce_weight)
+        self.weight = cfg.hidden_weight
+
+    def extra(self, logits, features, teacher):
+        return self.weight * cosine_hidden_loss(features, teacher.features)
+
+
+class HintRegressor(Objective):
+    """FitNets-style hint: a trainable 3x3 conv maps the student's 16x8x8 feature map to the
+    teacher's 32x8x8, and MSE pulls it towards the teacher's map."""
+
+    needs = ("features",)
+
+    def __init__(self, cfg: HintConfig):
+        super().__init__(cfg.ce_weight)
+        self.weight = cfg.feature_weight
+        self.regressor = nn.Conv2d(STUDENT_FEATURES[0], TEACHER_FEATURES[0], 3, padding=1)
+
+    def extra(self, logits, features, teacher):
+        return self.weight * F.mse_loss(self.regressor(features), teacher.features)
+
+
+def build_objective(method: str, distill_cfg=None) -> Objective:
+    """'ce' (plain training) or a distillation method: 'kd', 'cosine', 'hint'."""
+    if method == "ce":
+        return Objective()
+    classes = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor}
+    return classes[method](getattr(distill_cfg, method))
+
+
+METHODS = ("kd", "cosine", "hint")

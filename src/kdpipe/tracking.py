@@ -1,0 +1,205 @@
+"""MLflow: one store at the repository root, one run per stage execution.
+
+The store is `MLFLOW_TRACKING_URI` if set, else `sqlite:///<root>/mlflow.db` with artifacts in
+`<root>/mlartifacts`. `root` is DVC_ROOT (set by DVC for every stage, and pointing at the main
+repository even inside `dvc exp run --queue` temp workspaces), else the folder holding
+dvc.yaml. Never the current directory: queued experiments run in temp dirs that are deleted.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdpipe.errors import TrackingError
+
+TORCHVISION_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def repo_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "dvc.yaml").exists()), here)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def probe(uri: str, timeout: float = 3.0) -> None:
+    """Fail within seconds if an HTTP tracking server is unreachable; MLflow's own client would
+    retry for minutes, after the compute is spent."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}). "
+            "Start it (`mlflow server --host 127.0.0.1 --port 5000 ...`), fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store.") from None
+
+
+def set_experiment(name: str) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it (with artifacts
+    under the repo root, not under whatever folder ran first) if needed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    probe(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None if uri.startswith("http") else (repo_root() / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created by a parallel stage in between
+            experiment = client.get_experiment_by_name(name)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+DVC_TAGS = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.baseline_rev": "DVC_EXP_BASELINE_REV"}
+
+
+def run_tags(stage: str) -> dict:
+    env = os.environ
+    tags = {"dvc.stage": env.get("DVC_STAGE", stage), "git.commit": git_commit()}
+    for tag, var in DVC_TAGS.items():
+        if env.get(var):
+            tags[tag] = env[var]
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, stage: str, params: dict, run_id: str | None = None) -> Iterator:
+    """One MLflow run for one stage execution (or the continuation of `run_id` after a
+    resume). A run stopped by Ctrl-C or SIGTERM is marked KILLED, a crash FAILED."""
+    import mlflow
+
+    experiment_id = set_experiment(experiment)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
+                           run_name=None if run_id else stage, tags=run_tags(stage))
+    try:
+        if run_id is None:
+            mlflow.log_params(params)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def log_epoch(record: dict) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: record[k] for k in ("train_loss", "test_acc")}, step=record["epoch"])
+
+
+def log_final(metrics: dict, env: dict) -> None:
+    """The metrics file's values, and the machine they were measured on."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
+
+
+def log_summary(summary: dict) -> None:
+    import mlflow
+
+    mlflow.log_dict(summary, "data_summary.json")
+    mlflow.log_metrics({f"{split}_images": sum(counts.values())
+                        for split, counts in summary["counts"].items()})
+
+
+def log_model(model: torch.nn.Module) -> str:
+    """Log `model` (a CPU copy in eval mode) in MLflow's default pt2 format; return its model
+    id. The example batch has 2 images: pt2 export freezes every dimension that is 1."""
+    import mlflow
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
+    info = mlflow.pytorch.log_model(
+        cpu_model, name="model", input_example=np.zeros((2, 3, 32, 32), dtype=np.float32),
+        # Explicit requirements: inferring them costs a subprocess (up to minutes) per model.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_id
+
+
+def link_teacher(saved_teacher: dict) -> None:
+    """Record the teacher this run learned from: its logged model as a run input (so the UI
+    links the two) and its run id as a tag."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    run_id = mlflow.active_run().info.run_id
+    mlflow.MlflowClient().log_inputs(
+        run_id, models=[LoggedModelInput(saved_teacher["mlflow_model_id"])])
+    mlflow.set_tags({"teacher.run_id": saved_teacher["mlflow_run_id"],
+                     "teacher.model_id": saved_teacher["mlflow_model_id"]})
+
+
+def log_comparison(comparison: dict, report_path: str, model_ids: list[str]) -> None:
+    """The compare run: every model's metrics (as `<model>.<metric>`), the report, and the
+    compared models as inputs."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    mlflow.log_metrics({f"{name}.{key}": float(value)
+                        for name, row in comparison["models"].items()
+                        for key, value in row.items() if isinstance(value, (int, float))})
+    mlflow.set_tag("best_student", comparison["best_student"])
+    mlflow.log_artifact(report_path)
+    mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
+                                     models=[LoggedModelInput(m) for m in model_ids])
+
+
+def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
+    """The prepared data as an MLflow dataset input: name, source and digest."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = summary["source"]
+    if source == "cifar10":
+        uri = TORCHVISION_CIFAR10_URL
+    elif source == "synthetic":
+        uri = prepared_dir.resolve().as_uri()
+    else:
+        path = Path(source)
+        uri = (path if path.is_absolute() else repo_root() / path).resolve().as_uri()
+    name = Path(source).name.removesuffix(".tar.gz")
+    dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=summary["sha256"][:16])
+    mlflow.log_input(dataset, context=context)

@@ -1,0 +1,111 @@
+"""The one training loop. Teacher, baseline student and every distilled student go through
+`fit`; they differ only in the objective and in where teacher outputs come from.
+
+Data is already on the device as one normalised tensor per split; a batch is a gather by a
+seeded permutation of indices (no DataLoader, no per-sample work).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kdpipe.checkpoint import Checkpoint
+from kdpipe.config import TrainConfig
+from kdpipe.data import augment, batch_order
+from kdpipe.errors import DivergedError
+from kdpipe.evaluate import accuracy
+from kdpipe.losses import Objective, TeacherOutputs
+from kdpipe.models import ConvNet
+from kdpipe.runtime import Runtime
+
+TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
+
+
+@dataclass
+class TrainData:
+    train_x: torch.Tensor  # float (N, 3, 32, 32), normalised, channels_last, on the device
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass
+class Trained:
+    history: list[dict]    # one record per epoch: epoch, train_loss, test_acc, train_seconds
+    train_seconds: float   # time in training steps, evaluation excluded
+    images_seen: int
+
+
+def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
+        runtime: Runtime, seed: int, *, teacher: TeacherSource | None = None,
+        augment_batches: bool = False, checkpoint: Checkpoint | None = None,
+        on_epoch: Callable[[dict], None] = lambda record: None) -> Trained:
+    """Train `model` in place with Adam for `cfg.epochs` epochs, evaluating after each.
+
+    Batch order depends only on `seed`, so every student sees the same batches. With a
+    checkpoint, each finished epoch is saved and a rerun resumes after the last one."""
+    device = runtime.device
+    optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=cfg.lr)
+    order_rng = torch.Generator().manual_seed(seed)  # on CPU: same order on every device
+    augment_rng = torch.Generator(device).manual_seed(seed + 1)
+    step_fn = torch.compile(model.forward_with_features) if runtime.compile \
+        else model.forward_with_features
+    history: list[dict] = []
+    state = checkpoint.load() if checkpoint else None
+    if state:
+        model.load_state_dict(state["model"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        order_rng.set_state(state["order_rng"])
+        augment_rng.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        history = state["history"]
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        model.train()
+        objective.train()
+        start = time.perf_counter()
+        losses = []
+        for step, idx in enumerate(batch_order(len(data.train_y), cfg.batch_size, order_rng)):
+            idx = idx.to(device, non_blocking=True)
+            x, y = data.train_x[idx], data.train_y[idx]
+            if augment_batches:
+                x = augment(x, augment_rng)
+            targets = teacher(idx, x) if teacher else TeacherOutputs()
+            with runtime.autocast():
+                logits, features = step_fn(x)
+                loss = objective(logits.float(), features.float(), y, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            _check_finite(loss, epoch, step, cfg.lr)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
+                  "test_acc": accuracy(model, data.test_x, data.test_y, runtime.autocast),
+                  "train_seconds": seconds}
+        history.append(record)
+        if checkpoint:
+            checkpoint.save({
+                "model": model.state_dict(), "objective": objective.state_dict(),
+                "optimizer": optimizer.state_dict(), "order_rng": order_rng.get_state(),
+                "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history,
+                **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
+        on_epoch(record)
+    return Trained(history, sum(r["train_seconds"] for r in history),
+                   len(data.train_y) * len(history))
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    # On CUDA this syncs every step; a NaN found late would waste the rest of the run.
+    if not torch.isfinite(loss).item():
+        raise DivergedError(
+            f"training diverged: loss is {loss.item()} at epoch {epoch}, step {step + 1}. "
+            f"Try a lower learning rate (lr is {lr}) or smaller loss weights.")

@@ -1,0 +1,30 @@
+"""Stage `compare`: one table of every model -> reports/comparison.md and
+metrics/comparison.json, both also logged to an MLflow run."""
+from kdpipe import tracking
+from kdpipe.checkpoint import safe_load
+from kdpipe.cli import run_stage
+from kdpipe.config import load_config
+from kdpipe.files import write_json, write_text
+from kdpipe.paths import METRICS_DIR, MODELS_DIR, REPORT
+from kdpipe.report import MODELS, collect, markdown
+
+
+def main() -> None:
+    cfg = load_config()
+    tracking.probe(tracking.tracking_uri())
+    comparison = collect(METRICS_DIR)
+    sources = {name: safe_load(MODELS_DIR / f"{name}.pt") for name in MODELS}
+    for name, saved in sources.items():
+        comparison["models"][name]["mlflow_run_id"] = saved["mlflow_run_id"]
+    write_text(REPORT, markdown(comparison))
+    numeric = {name: {k: v for k, v in row.items() if isinstance(v, (int, float))}
+               for name, row in comparison["models"].items()}
+    write_json(METRICS_DIR / "comparison.json", numeric)
+    with tracking.stage_run(cfg.mlflow.experiment, "compare", {"models": ",".join(MODELS)}):
+        model_ids = [saved["mlflow_model_id"] for saved in sources.values()]
+        tracking.log_comparison(comparison, REPORT, model_ids)
+    print(markdown(comparison))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,22 @@
+"""Stage `prepare`: read data.source once, write data/prepared (uint8 arrays + summary)."""
+from kdpipe import tracking
+from kdpipe.cli import run_stage
+from kdpipe.config import as_dict, flat, load_config
+from kdpipe.data import prepare
+from kdpipe.paths import PREPARED_DIR
+
+
+def main() -> None:
+    cfg = load_config()
+    tracking.probe(tracking.tracking_uri())
+    summary = prepare(cfg.data, cfg.seed, tracking.repo_root(), PREPARED_DIR)
+    params = flat({"seed": cfg.seed, "data": as_dict(cfg.data)})
+    with tracking.stage_run(cfg.mlflow.experiment, "prepare", params):
+        tracking.log_dataset(summary, PREPARED_DIR)
+        tracking.log_summary(summary)
+    for split, counts in summary["counts"].items():
+        print(f"{split}: {sum(counts.values())} images, {len(counts)} classes")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,30 @@
+"""Stage `teacher_targets`: one pass of the frozen teacher over the training split, cached
+for the distill stages (logits and last feature map per sample)."""
+from kdpipe import tracking
+from kdpipe.checkpoint import load_model
+from kdpipe.cli import run_stage
+from kdpipe.config import load_config, section
+from kdpipe.data import Prepared, to_device
+from kdpipe.paths import MODELS_DIR, PREPARED_DIR, TARGETS_DIR
+from kdpipe.runtime import setup
+from kdpipe.targets import compute_targets, save_targets
+
+
+def main() -> None:
+    cfg = load_config()
+    runtime = setup(cfg)
+    prepared = Prepared(PREPARED_DIR)
+    teacher, saved = load_model(MODELS_DIR / "teacher.pt", runtime.device)
+    params = section(cfg, "device", "threads")
+    with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
+        tracking.log_dataset(prepared.summary, PREPARED_DIR)
+        tracking.link_teacher(saved)
+        images = to_device(prepared.splits["train"].images, runtime.device)
+        logits, features = compute_targets(teacher, images, runtime.autocast)
+        save_targets(TARGETS_DIR, logits, features, {"data_sha256": prepared.digest,
+                                                     "teacher_run_id": saved["mlflow_run_id"]})
+    print(f"teacher targets: {len(logits)} samples -> {TARGETS_DIR}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

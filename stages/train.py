@@ -1,0 +1,29 @@
+"""Stages `train_teacher` and `train_student`: plain cross-entropy training.
+
+usage: python stages/train.py teacher|student
+"""
+import sys
+
+from kdpipe.cli import run_stage
+from kdpipe.config import load_config, section
+from kdpipe.data import Prepared
+from kdpipe.losses import Objective
+from kdpipe.paths import PREPARED_DIR
+from kdpipe.runs import ModelSpec, train_model
+from kdpipe.runtime import setup
+
+ARCH = {"teacher": "DeepNN", "student": "LightNN"}
+
+
+def main() -> None:
+    name = sys.argv[1]
+    cfg = load_config()
+    runtime = setup(cfg)
+    params = section(cfg, "seed", "device", "threads", "compile", name, "data.augment")
+    spec = ModelSpec(name, ARCH[name], getattr(cfg, name), params)
+    metrics = train_model(spec, cfg, runtime, Objective(), Prepared(PREPARED_DIR))
+    print(f"{name}: test accuracy {metrics['test_acc']:.2f}%")
+
+
+if __name__ == "__main__":
+    run_stage(main)
