@@ -31,7 +31,6 @@ def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
         keep = balanced_subset(splits[split].labels, limits[split], seed)
         splits[split] = Split(splits[split].images[keep], splits[split].labels[keep])
     with atomic_path(out_dir, is_dir=True) as tmp:
-        tmp.mkdir(parents=True, exist_ok=True)
         for split in SPLITS:
             np.save(tmp / f"{split}_images.npy", splits[split].images)
             np.save(tmp / f"{split}_labels.npy", splits[split].labels)

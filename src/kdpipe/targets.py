@@ -47,7 +47,6 @@ def save_targets(folder: Path, logits: torch.Tensor, features: torch.Tensor, met
     if features.abs().max() > np.finfo(FEATURE_DTYPE).max:
         raise ValueError("teacher feature map exceeds the float16 range; store it as float32")
     with atomic_path(folder, is_dir=True) as tmp:
-        tmp.mkdir(parents=True)
         np.save(tmp / TARGET_FILES["logits"], logits.numpy().astype(np.float32))
         np.save(tmp / TARGET_FILES["features"], features.numpy().astype(FEATURE_DTYPE))
         write_json(tmp / "meta.json", meta)

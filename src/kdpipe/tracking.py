@@ -14,6 +14,7 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,5 +202,8 @@ def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") ->
         path = Path(source)
         uri = (path if path.is_absolute() else repo_root() / path).resolve().as_uri()
     name = Path(source).name.removesuffix(".tar.gz")
-    dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=summary["sha256"][:16])
+    with warnings.catch_warnings():  # MLflow registers two identical file-source classes
+        warnings.simplefilter("ignore", UserWarning)
+        source_obj = resolve_dataset_source(uri)
+    dataset = MetaDataset(source_obj, name=name, digest=summary["sha256"][:16])
     mlflow.log_input(dataset, context=context)
