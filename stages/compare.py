@@ -6,7 +6,7 @@ from kdpipe.cli import run_stage
 from kdpipe.config import load_config
 from kdpipe.files import write_json, write_text
 from kdpipe.paths import METRICS_DIR, MODELS_DIR, REPORT
-from kdpipe.report import MODELS, collect, markdown
+from kdpipe.report import MODELS, collect, markdown, summary_metrics
 
 
 def main() -> None:
@@ -17,9 +17,7 @@ def main() -> None:
     for name, saved in sources.items():
         comparison["models"][name]["mlflow_run_id"] = saved["mlflow_run_id"]
     write_text(REPORT, markdown(comparison))
-    numeric = {name: {k: v for k, v in row.items() if isinstance(v, (int, float))}
-               for name, row in comparison["models"].items()}
-    write_json(METRICS_DIR / "comparison.json", numeric)
+    write_json(METRICS_DIR / "comparison.json", summary_metrics(comparison))
     with tracking.stage_run(cfg.mlflow.experiment, "compare", {"models": ",".join(MODELS)}):
         model_ids = [saved["mlflow_model_id"] for saved in sources.values()]
         tracking.log_comparison(comparison, REPORT, model_ids)

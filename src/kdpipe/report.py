@@ -50,3 +50,13 @@ def markdown(comparison: dict) -> str:
               "points. Train s excludes evaluation; stage wall s includes process start, "
               "imports, evaluation and MLflow logging."]
     return "\n".join(lines) + "\n"
+
+
+def summary_metrics(comparison: dict) -> dict:
+    """The few numbers worth a column in `dvc exp show`: accuracy and gain of every model,
+    and the best student's accuracy (each model's own file has the rest)."""
+    rows = comparison["models"]
+    out = {name: {"test_acc": row["test_acc"], "delta_vs_student": row["delta_vs_student"]}
+           for name, row in rows.items()}
+    out["best_student_test_acc"] = rows[comparison["best_student"]]["test_acc"]
+    return out

@@ -123,17 +123,21 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+EPOCH_METRICS = ("train_loss", "test_acc")  # logged per epoch, step = epoch
+
+
 def log_epoch(record: dict) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: record[k] for k in ("train_loss", "test_acc")}, step=record["epoch"])
+    mlflow.log_metrics({k: record[k] for k in EPOCH_METRICS}, step=record["epoch"])
 
 
 def log_final(metrics: dict, env: dict) -> None:
-    """The metrics file's values, and the machine they were measured on."""
+    """The metrics file's values, and the machine they were measured on. Per-epoch metrics
+    are not logged again: their last epoch already is the final value."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in EPOCH_METRICS})
     mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
 
 

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny synthetic data, a CPU runtime and paths to the project."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+sys.path.insert(0, str(ROOT / "src"))  # the workspace's code, even without an install
+
+from kdpipe.data import to_device  # noqa: E402
+from kdpipe.runtime import Runtime  # noqa: E402
+from kdpipe.sources import make_synthetic  # noqa: E402
+from kdpipe.train import TrainData  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_synthetic(seed=0)
+
+
+@pytest.fixture
+def cpu() -> Runtime:
+    return Runtime(torch.device("cpu"), None, False)
+
+
+@pytest.fixture
+def tiny_data(synthetic) -> TrainData:
+    """200 training and 100 test images, preloaded as the training stages do."""
+    train, test = synthetic["train"], synthetic["test"]
+    device = torch.device("cpu")
+    return TrainData(to_device(train.images[:200], device), torch.from_numpy(train.labels[:200]),
+                     to_device(test.images[:100], device), torch.from_numpy(test.labels[:100]))
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)

@@ -1,0 +1,91 @@
+import copy
+
+import pytest
+import yaml
+
+from kdpipe.config import ConfigError, load_config
+from tests.conftest import ROOT
+
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def load_with(tmp_path, edit):
+    params = copy.deepcopy(DEFAULTS)
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return load_config(path)
+
+
+def set_key(dotted, value):
+    def edit(params):
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+def test_committed_params_reproduce_the_tutorial():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.seed == 42 and cfg.device == "auto" and cfg.data.source == "cifar10"
+    assert (cfg.teacher.epochs, cfg.teacher.lr, cfg.teacher.batch_size) == (10, 0.001, 128)
+    assert (cfg.student.epochs, cfg.student.lr, cfg.student.batch_size) == (10, 0.001, 128)
+    kd = cfg.distill.kd
+    assert (kd.temperature, kd.soft_target_weight, kd.ce_weight) == (2.0, 0.25, 0.75)
+    assert cfg.data.augment is False
+
+
+def test_an_integer_is_valid_where_a_float_is_expected(tmp_path):
+    cfg = load_with(tmp_path, set_key("distill.kd.temperature", 4))
+    assert cfg.distill.kd.temperature == 4.0 and isinstance(cfg.distill.kd.temperature, float)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    def typo(params):
+        params["distill"]["kd"]["temprature"] = params["distill"]["kd"].pop("temperature")
+    with pytest.raises(ConfigError, match=r"distill\.kd\.temprature: unknown key "
+                                          r"\(did you mean 'temperature'\?\)"):
+        load_with(tmp_path, typo)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("teacher.epochs", 0, "an integer >= 1"),
+    ("student.lr", 0, "a number > 0"),
+    ("student.lr", -0.1, "a number > 0"),
+    ("distill.kd.temperature", 0, "a number > 0"),
+    ("distill.hint.feature_weight", -1, "a number >= 0"),
+    ("teacher.batch_size", 0, "an integer >= 1"),
+    ("teacher.batch_size", 12.5, "an integer >= 1"),
+    ("device", "tpu", "auto | cuda | cpu"),
+    ("data.augment", "yes", "true or false"),
+    ("data.limit_train", -5, "an integer >= 0"),
+    ("student.epochs", True, "an integer >= 1"),
+])
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(tmp_path, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_with(tmp_path, set_key(key, value))
+    message = str(err.value)
+    assert message.startswith(f"{key}={value!r}") and allowed in message
+
+
+def test_both_weights_zero_is_rejected(tmp_path):
+    def zero(params):
+        params["distill"]["cosine"] = {"hidden_weight": 0, "ce_weight": 0.0}
+    with pytest.raises(ConfigError, match=r"distill\.cosine: the weights are all 0"):
+        load_with(tmp_path, zero)
+
+
+def test_missing_key_and_missing_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"teacher\.lr: missing; expected a number > 0"):
+        load_with(tmp_path, lambda p: p["teacher"].pop("lr"))
+    with pytest.raises(ConfigError, match=r"^mlflow: missing; expected a section"):
+        load_with(tmp_path, lambda p: p.pop("mlflow"))
+
+
+def test_unreadable_yaml_is_reported(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

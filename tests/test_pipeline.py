@@ -1,0 +1,135 @@
+"""End to end: `dvc repro` on synthetic data in a fresh copy of the project, then a KD-only
+param change and a report-only code change rerun exactly the stages they affect."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+STAGES = ["prepare", "train_teacher", "train_student", "teacher_targets", "distill@kd",
+          "distill@cosine", "distill@hint", "compare"]
+MODELS = ["teacher", "student", "kd", "cosine", "hint"]
+QUICK = {"data": {"source": "synthetic", "limit_train": 300, "limit_test": 200},
+         "teacher": {"epochs": 1}, "student": {"epochs": 1}}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def edit_params(repo: Path, changes: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values) if isinstance(values, dict) else params.update(
+            {section: values})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git repo holding a copy of the project, after one quick `dvc repro`."""
+    repo = tmp_path_factory.mktemp("project")
+    for rel in tracked_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        sh(cmd, repo, env)
+    edit_params(repo, QUICK)
+    output = sh(["dvc", "repro"], repo, env)
+    return repo, env, output
+
+
+def test_repro_runs_every_stage_and_writes_metrics(project):
+    repo, _, output = project
+    assert ran_stages(output) == STAGES
+    for name in MODELS:
+        metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
+        assert 0 <= metrics["test_acc"] <= 100
+        assert metrics["num_params"] == (1_186_986 if name == "teacher" else 267_738)
+        assert metrics["train_seconds"] > 0 and metrics["train_images_per_second"] > 0
+        assert (repo / "models" / f"{name}.pt").exists()
+        assert (repo / "plots" / f"{name}.csv").read_text().startswith("epoch,train_loss,test_acc")
+    comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
+    assert set(MODELS) <= set(comparison)
+    assert "| **kd**" in (repo / "reports" / "comparison.md").read_text()
+
+
+def test_mlflow_has_one_finished_run_per_stage_with_lineage(project):
+    import mlflow
+
+    repo, _, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("knowledge-distillation")
+    assert experiment.artifact_location == (repo / "mlartifacts").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert sorted(by_name) == sorted(["prepare", "teacher", "student", "teacher_targets", "kd",
+                                      "cosine", "hint", "compare"])
+    assert len(runs) == len(by_name)
+    commit = sh(["git", "rev-parse", "HEAD"], repo, os.environ).strip()
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["git.commit"] == commit
+    kd = by_name["kd"]
+    assert kd.data.tags["dvc.stage"] == "distill@kd"
+    assert kd.data.params["distill.kd.temperature"] == "2.0"
+    assert [m.step for m in client.get_metric_history(kd.info.run_id, "test_acc")] == [1]
+    assert kd.data.metrics["num_params"] == 267_738
+    assert kd.inputs.dataset_inputs[0].dataset.name == "synthetic"
+    teacher_model = by_name["teacher"].outputs.model_outputs[0].model_id
+    kd_inputs = client.get_run(kd.info.run_id).inputs  # search_runs omits model inputs
+    assert [m.model_id for m in kd_inputs.model_inputs] == [teacher_model]
+    assert kd.data.tags["teacher.run_id"] == by_name["teacher"].info.run_id
+
+
+def test_logged_student_model_loads_and_predicts_a_batch(project):
+    import mlflow
+    import torch
+
+    repo, _, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    kd = mlflow.search_runs(experiment_names=["knowledge-distillation"],
+                            filter_string="attributes.run_name = 'kd'", output_format="list")[0]
+    model_id = kd.outputs.model_outputs[0].model_id
+    model = mlflow.pytorch.load_model(f"models:/{model_id}")
+    images = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, 32, 32))).float()
+    assert model(images).shape == (3, 10)
+
+
+def test_only_changed_stages_rerun(project):
+    repo, env, _ = project
+    status = json.loads(sh(["dvc", "status", "--json"], repo, env))
+    assert status == {}
+    edit_params(repo, {"distill": {"kd": {"temperature": 4, "soft_target_weight": 0.25,
+                                          "ce_weight": 0.75},
+                                   "cosine": {"hidden_weight": 0.25, "ce_weight": 0.75},
+                                   "hint": {"feature_weight": 0.25, "ce_weight": 0.75}}})
+    assert ran_stages(sh(["dvc", "repro"], repo, env)) == ["distill@kd", "compare"]
+    with open(repo / "src" / "kdpipe" / "report.py", "a") as f:
+        f.write("\n# a report-only change\n")
+    assert sorted(json.loads(sh(["dvc", "status", "--json"], repo, env))) == ["compare"]

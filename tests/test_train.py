@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from kdpipe.checkpoint import Checkpoint
+from kdpipe.config import KDConfig, TrainConfig
+from kdpipe.errors import DivergedError
+from kdpipe.losses import Objective, SoftTargetKD
+from kdpipe.models import DeepNN, LightNN
+from kdpipe.runs import seeded_student
+from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
+from kdpipe.train import fit
+
+TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_training_lowers_the_loss_and_beats_chance(tiny_data, cpu):
+    model = seeded_student("LightNN", 0, 10)
+    result = fit(model, Objective(), tiny_data, TrainConfig(5, 1e-3, 32), cpu, seed=0)
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    assert result.history[-1]["test_acc"] > 20  # chance is 10%
+    assert result.images_seen == 5 * 200
+
+
+def test_same_seed_same_weights_and_metrics(tiny_data, cpu):
+    runs = [fit(m := seeded_student("LightNN", 7, 10), Objective(), tiny_data, TWO_EPOCHS, cpu,
+                seed=7) and weights(m) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_students_share_initial_weights_for_a_seed():
+    assert torch.equal(weights(seeded_student("LightNN", 3, 10)),
+                       weights(seeded_student("LightNN", 3, 10)))
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp_path):
+    straight = seeded_student("LightNN", 1, 10)
+    fit(straight, Objective(), tiny_data, TWO_EPOCHS, cpu, seed=1)
+
+    checkpoint = Checkpoint("student", key="k", folder=tmp_path)
+    torch.manual_seed(99)  # the interrupted process's RNG state differs; resume must restore it
+    first = seeded_student("LightNN", 1, 10)
+    fit(first, Objective(), tiny_data, TrainConfig(1, 1e-3, 32), cpu, seed=1, checkpoint=checkpoint)
+    assert checkpoint.load()["history"][0]["epoch"] == 1
+
+    resumed = seeded_student("LightNN", 1, 10)
+    result = fit(resumed, Objective(), tiny_data, TWO_EPOCHS, cpu, seed=1, checkpoint=checkpoint)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert torch.equal(weights(resumed), weights(straight))
+
+
+def test_checkpoint_with_another_key_is_ignored(tmp_path):
+    Checkpoint("teacher", key="old", folder=tmp_path).save({"history": []})
+    assert Checkpoint("teacher", key="new", folder=tmp_path).load() is None
+    assert Checkpoint("teacher", key="old", folder=tmp_path).load() is not None
+
+
+def test_divergence_stops_with_epoch_step_and_a_hint(tiny_data, cpu):
+    class Exploding(Objective):
+        def extra(self, logits, features, teacher):
+            return logits.sum() * float("inf")
+
+    with pytest.raises(DivergedError, match=r"epoch 1, step 1\. Try a lower learning rate"):
+        fit(seeded_student("LightNN", 0, 10), Exploding(), tiny_data, TWO_EPOCHS, cpu, seed=0)
+
+
+def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
+    teacher = DeepNN()
+    before = weights(teacher).clone()
+    objective = SoftTargetKD(KDConfig(temperature=2.0, soft_target_weight=0.5, ce_weight=0.5))
+    fit(LightNN(), objective, tiny_data, TrainConfig(1, 1e-3, 64), cpu, seed=0,
+        teacher=LiveTeacher(teacher, cpu.autocast))
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert torch.equal(weights(teacher), before)
+    assert not teacher.training
+
+
+@pytest.mark.parametrize("method", ["kd", "cosine", "hint"])
+def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
+    from kdpipe.config import CosineConfig, DistillConfig, HintConfig
+    from kdpipe.losses import build_objective
+
+    torch.manual_seed(0)
+    teacher = DeepNN().eval()
+    logits, features = compute_targets(teacher, tiny_data.train_x, cpu.autocast)
+    save_targets(tmp_path / "targets", logits, features, {"data_sha256": "d"})
+    distill = DistillConfig(KDConfig(2.0, 0.25, 0.75), CosineConfig(0.25, 0.75),
+                            HintConfig(0.25, 0.75))
+    objective = build_objective(method, distill)
+    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d")
+    live = LiveTeacher(teacher, cpu.autocast)
+    idx = torch.tensor([5, 17, 3, 190, 42])
+    x, y = tiny_data.train_x[idx], tiny_data.train_y[idx]
+    s_logits, s_features = LightNN().forward_with_features(x)
+    loss_cached = objective(s_logits, s_features, y, cached(idx, x))
+    loss_live = objective(s_logits, s_features, y, live(idx, x))
+    assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-4)
+
+
+def test_stale_targets_are_refused(tmp_path):
+    from kdpipe.errors import DataError
+
+    save_targets(tmp_path / "t", torch.zeros(2, 10), torch.zeros(2, 32, 8, 8), {"data_sha256": "a"})
+    with pytest.raises(DataError, match="computed on other data"):
+        CachedTargets(tmp_path / "t", ("logits",), torch.device("cpu"), "b")
