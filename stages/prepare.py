@@ -3,7 +3,9 @@ from kdpipe import tracking
 from kdpipe.cli import run_stage
 from kdpipe.config import as_dict, flat, load_config
 from kdpipe.data import prepare
-from kdpipe.paths import PREPARED_DIR
+from kdpipe.files import write_json
+from kdpipe.paths import METRICS_DIR, PREPARED_DIR
+from kdpipe.runtime import stage_cost
 
 
 def main() -> None:
@@ -14,6 +16,9 @@ def main() -> None:
     with tracking.stage_run(cfg.mlflow.experiment, "prepare", params):
         tracking.log_dataset(summary, PREPARED_DIR)
         tracking.log_summary(summary)
+        metrics = stage_cost()
+        tracking.log_final(metrics, {})
+        write_json(METRICS_DIR / "prepare.json", metrics)
     for split, counts in summary["counts"].items():
         print(f"{split}: {sum(counts.values())} images, {len(counts)} classes")
 

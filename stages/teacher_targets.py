@@ -1,12 +1,15 @@
 """Stage `teacher_targets`: one pass of the frozen teacher over the training split, cached
 for the distill stages (logits and last feature map per sample)."""
+import time
+
 from kdpipe import tracking
 from kdpipe.checkpoint import load_model
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Prepared, to_device
-from kdpipe.paths import MODELS_DIR, PREPARED_DIR, TARGETS_DIR
-from kdpipe.runtime import setup
+from kdpipe.files import folder_mb, write_json
+from kdpipe.paths import METRICS_DIR, MODELS_DIR, PREPARED_DIR, TARGETS_DIR
+from kdpipe.runtime import environment, setup, stage_cost
 from kdpipe.targets import compute_targets, save_targets
 
 
@@ -20,9 +23,14 @@ def main() -> None:
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
+        start = time.perf_counter()
         logits, features = compute_targets(teacher, images, runtime.autocast)
         save_targets(TARGETS_DIR, logits, features, {"data_sha256": prepared.digest,
                                                      "teacher_run_id": saved["mlflow_run_id"]})
+        metrics = {"images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
+                   "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
+        tracking.log_final(metrics, environment(runtime))
+        write_json(METRICS_DIR / "teacher_targets.json", metrics)
     print(f"teacher targets: {len(logits)} samples -> {TARGETS_DIR}")
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 
 from kdpipe import tracking
@@ -18,7 +16,7 @@ from kdpipe.files import write_json, write_text, write_with
 from kdpipe.losses import Objective
 from kdpipe.models import ConvNet, build_model, count_params
 from kdpipe.paths import METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREPARED_DIR
-from kdpipe.runtime import Runtime, environment, peak_rss_mb
+from kdpipe.runtime import Runtime, environment, stage_cost
 from kdpipe.train import TeacherSource, TrainData, fit
 
 
@@ -77,9 +75,9 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
             "num_params": count_params(model),
             "epochs": len(result.history),
             "train_seconds": round(result.train_seconds, 2),
+            "eval_seconds": round(result.eval_seconds, 2),
             "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "wall_seconds": round(time.time() - psutil.Process().create_time(), 2),
+            **stage_cost(),
         }
         tracking.log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / f"{spec.name}.json", metrics)

@@ -7,9 +7,11 @@ import os
 import platform
 import random
 import resource
+import time
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import torch
 
 from kdpipe.config import Config
@@ -68,6 +70,8 @@ def environment(runtime: Runtime) -> dict:
     }
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def stage_cost() -> dict:
+    """Wall time since this process started (imports included) and its peak resident memory
+    so far (Linux reports ru_maxrss in KiB)."""
+    return {"wall_seconds": round(time.time() - psutil.Process().create_time(), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

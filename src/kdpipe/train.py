@@ -34,9 +34,16 @@ class TrainData:
 
 @dataclass
 class Trained:
-    history: list[dict]    # one record per epoch: epoch, train_loss, test_acc, train_seconds
-    train_seconds: float   # time in training steps, evaluation excluded
+    history: list[dict]    # per epoch: epoch, train_loss, test_acc, train/eval_seconds
     images_seen: int
+
+    @property
+    def train_seconds(self) -> float:  # time in training steps, evaluation excluded
+        return sum(r["train_seconds"] for r in self.history)
+
+    @property
+    def eval_seconds(self) -> float:
+        return sum(r["eval_seconds"] for r in self.history)
 
 
 def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
@@ -86,10 +93,11 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             _check_finite(loss, epoch, step, cfg.lr)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        train_done = time.perf_counter()
         record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
                   "test_acc": accuracy(model, data.test_x, data.test_y, runtime.autocast),
-                  "train_seconds": seconds}
+                  "train_seconds": train_done - start,
+                  "eval_seconds": time.perf_counter() - train_done}
         history.append(record)
         if checkpoint:
             checkpoint.save({
@@ -99,8 +107,7 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
                 "history": history,
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
         on_epoch(record)
-    return Trained(history, sum(r["train_seconds"] for r in history),
-                   len(data.train_y) * len(history))
+    return Trained(history, len(data.train_y) * len(history))
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
