@@ -176,9 +176,9 @@ def train_mse_loss(teacher, student, train_loader, epochs, learning_rate, featur
             optimizer.step()
 
 
-def run_tutorial(train, test, epochs: int, device: str = "cpu") -> dict:
+def run_tutorial(train_split, test_split, epochs: int, device: str = "cpu") -> dict:
     """All five trainings as the tutorial runs them; {model: (train seconds, test acc %)}."""
-    train_loader, test_loader = loaders(train, test)
+    train_loader, test_loader = loaders(train_split, test_split)
     results = {}
 
     def timed(name, fn, model):
