@@ -11,7 +11,6 @@ from kdpipe.report import MODELS, collect, markdown, summary_metrics
 
 def main() -> None:
     cfg = load_config()
-    tracking.probe(tracking.tracking_uri())
     comparison = collect(METRICS_DIR)
     sources = {name: safe_load(MODELS_DIR / f"{name}.pt") for name in MODELS}
     for name, saved in sources.items():

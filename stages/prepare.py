@@ -10,7 +10,6 @@ from kdpipe.runtime import stage_cost
 
 def main() -> None:
     cfg = load_config()
-    tracking.probe(tracking.tracking_uri())
     summary = prepare(cfg.data, cfg.seed, tracking.repo_root(), PREPARED_DIR)
     params = flat({"seed": cfg.seed, "data": as_dict(cfg.data)})
     with tracking.stage_run(cfg.mlflow.experiment, "prepare", params):

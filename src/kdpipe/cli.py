@@ -4,14 +4,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from kdpipe import errors
+from kdpipe import errors, tracking
 
 EXPECTED = (errors.ConfigError, errors.DataError, errors.TrackingError, errors.DivergedError,
             errors.UnsafeCheckpointError)
 
 
 def run_stage(main: Callable[[], object]) -> None:
+    """Run a stage's `main`: check the tracking store first (seconds, not minutes of
+    retries after the compute is spent), then turn expected failures into one line."""
     try:
+        tracking.probe(tracking.tracking_uri())
         main()
     except EXPECTED as err:
         print(f"error: {err}", file=sys.stderr)

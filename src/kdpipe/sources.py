@@ -38,7 +38,7 @@ def read_source(source: str, root: Path, seed: int) -> tuple[dict[str, Split], l
 
 def resolve_source_path(source: str, root: Path) -> Path:
     path = Path(source).expanduser()
-    path = path if path.is_absolute() else root / path
+    path = (path if path.is_absolute() else root / path).resolve()
     if not path.exists():
         raise DataError(f"data.source: {path} does not exist (relative paths are resolved "
                         f"against the repository root {root}); expected 'cifar10', 'synthetic' "

@@ -61,7 +61,12 @@ def set_experiment(name: str) -> str:
     probe(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except MlflowException as err:
+        raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
+                            f"({str(err).splitlines()[0]}); fix or unset "
+                            "MLFLOW_TRACKING_URI") from None
     if experiment is None:
         location = None if uri.startswith("http") else (repo_root() / "mlartifacts").as_uri()
         try:

@@ -72,6 +72,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
         history = state["history"]
+        print(f"resuming after epoch {len(history)} of {cfg.epochs} from {checkpoint.path}",
+              flush=True)
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         objective.train()
@@ -99,6 +101,7 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
                   "train_seconds": train_done - start,
                   "eval_seconds": time.perf_counter() - train_done}
         history.append(record)
+        on_epoch(record)  # before the checkpoint: a resumed run never misses an epoch's log
         if checkpoint:
             checkpoint.save({
                 "model": model.state_dict(), "objective": objective.state_dict(),
@@ -106,7 +109,6 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
                 "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history,
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
-        on_epoch(record)
     return Trained(history, len(data.train_y) * len(history))
 
 

@@ -1,0 +1,125 @@
+"""Stages run as DVC runs them (a subprocess in a workspace): bad params, bad data and an
+unreachable tracking server end in one clear line within seconds, writing nothing; a stage
+killed mid-training resumes and ends with the same weights as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kdpipe.checkpoint import safe_load
+from tests.conftest import ROOT
+from tests.test_data import image_folder, make_archive
+from tests.test_safety import closed_port
+
+QUICK = {"data": {"source": "synthetic", "limit_train": 0, "limit_test": 200},
+         "student": {"epochs": 4, "batch_size": 8}}
+
+
+def workspace(path: Path, changes: dict) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stage(ws: Path, *args: str, env_extra: dict | None = None, wait: bool = True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PYTHONPATH=str(ROOT / "src"), DVC_ROOT=str(ws), **(env_extra or {}))
+    cmd = [sys.executable, str(ROOT / "stages" / args[0]), *args[1:]]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+
+
+def created(ws: Path) -> list[str]:
+    return sorted(p.name for p in ws.iterdir() if p.name != "params.yaml")
+
+
+def test_a_typo_in_params_fails_fast_with_one_line_and_writes_nothing(tmp_path):
+    ws = workspace(tmp_path, {})
+    params = (ws / "params.yaml").read_text().replace("temperature:", "temprature:")
+    (ws / "params.yaml").write_text(params)
+    start = time.monotonic()
+    done = stage(ws, "train.py", "teacher")
+    assert done.returncode == 2
+    assert time.monotonic() - start < 20
+    assert done.stderr.strip().splitlines() == [
+        "error: distill.kd.temprature: unknown key (did you mean 'temperature'?); "
+        "allowed keys: temperature, soft_target_weight, ce_weight"]
+    assert created(ws) == []
+
+
+def test_cuda_requested_without_cuda_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ws = workspace(tmp_path, {})
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace(
+        "device: auto", "device: cuda"))
+    done = stage(ws, "train.py", "student")
+    assert done.returncode == 2 and "device='cuda': CUDA is not available" in done.stderr
+    assert created(ws) == []
+
+
+def test_a_truncated_archive_fails_prepare_cleanly(tmp_path):
+    good = make_archive(tmp_path / "good.tar.gz", image_folder(per_class=20))
+    (tmp_path / "cut.tar.gz").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    ws = workspace(tmp_path / "ws", {"data": {"source": "../cut.tar.gz"}})
+    done = stage(ws, "prepare.py")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path}/cut.tar.gz: ") and "truncated/corrupt" in line
+    assert created(ws) == []
+
+
+def test_an_unreachable_tracking_server_stops_the_stage_before_any_work(tmp_path):
+    ws = workspace(tmp_path, QUICK)
+    start = time.monotonic()
+    done = stage(ws, "prepare.py",
+                 env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
+    assert done.returncode == 2 and "is unreachable" in done.stderr
+    assert time.monotonic() - start < 20
+    assert created(ws) == []
+
+
+def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
+    import mlflow
+
+    straight = workspace(tmp_path / "straight", QUICK)
+    killed = workspace(tmp_path / "killed", QUICK)
+    for ws in (straight, killed):
+        assert stage(ws, "prepare.py").returncode == 0
+    assert stage(straight, "train.py", "student").returncode == 0
+
+    proc = stage(killed, "train.py", "student", wait=False)
+    checkpoint = killed / ".checkpoints" / "student.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, "the stage finished before it could be killed"
+    assert not (killed / "models" / "student.pt").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{killed / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["knowledge-distillation"],
+                               filter_string="attributes.run_name = 'student'",
+                               output_format="list")
+    assert run.info.status == "KILLED"
+
+    resumed = stage(killed, "train.py", "student")
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout
+    final = [safe_load(ws / "models" / "student.pt") for ws in (straight, killed)]
+    assert all(torch.equal(final[0]["state_dict"][k], final[1]["state_dict"][k])
+               for k in final[0]["state_dict"])
+    assert final[1]["mlflow_run_id"] == run.info.run_id
+    client = mlflow.MlflowClient()
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
+    assert not (killed / ".checkpoints" / "student.pt").exists()
