@@ -29,12 +29,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
+from tutorial import run_tutorial  # noqa: E402
+
 from kdpipe.config import load_config  # noqa: E402
 from kdpipe.data import Prepared  # noqa: E402
 from kdpipe.losses import Objective, build_objective  # noqa: E402
 from kdpipe.runs import load_data, seeded_student  # noqa: E402
 from kdpipe.targets import CachedTargets  # noqa: E402
-from tutorial import run_tutorial  # noqa: E402
 
 MODELS = ("teacher", "student", "kd", "cosine", "hint")
 FULL_TRAIN, FULL_TEST, FULL_EPOCHS = 50_000, 10_000, 10
