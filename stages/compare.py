@@ -20,7 +20,12 @@ def main() -> None:
     with tracking.stage_run(cfg.mlflow.experiment, "compare", {"models": ",".join(MODELS)}):
         model_ids = [saved["mlflow_model_id"] for saved in sources.values()]
         tracking.log_comparison(comparison, REPORT, model_ids)
+        best = comparison["best_student"]
+        version, moved = tracking.register_best_student(
+            best, sources[best], comparison["models"][best]["test_acc"])
     print(markdown(comparison))
+    print(f"registered {best} as {tracking.REGISTERED_MODEL} version {version}; alias "
+          f"'{tracking.BEST_ALIAS}' {'moved to it' if moved else 'kept on a better model'}")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,60 @@ def test_real_images_subset_every_model_beats_chance(tmp_path):
     assert ran_stages(sh(["dvc", "repro"], repo, env)) == STAGES
     for name in MODELS:
         assert json.loads((repo / "metrics" / f"{name}.json").read_text())["test_acc"] >= 15
+
+
+def test_best_student_is_registered_and_loads_by_alias(project):
+    import mlflow
+    import torch
+
+    repo, _, _ = project
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    best = json.loads((repo / "metrics" / "comparison.json").read_text())
+    accuracies = {name: best[name]["test_acc"] for name in ("student", "kd", "cosine", "hint")}
+    version = mlflow.MlflowClient().get_model_version_by_alias("kd-student", "best")
+    assert float(version.tags["test_acc"]) == max(accuracies.values())
+    assert accuracies[version.tags["method"]] == max(accuracies.values())
+    model = mlflow.pytorch.load_model("models:/kd-student@best")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_real_mlflow_server_serves_the_runs_over_rest(project, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    repo, env, _ = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["mlflow", "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no server"
+                time.sleep(0.5)
+        with urllib.request.urlopen(
+                f"{base}/api/2.0/mlflow/experiments/get-by-name"
+                "?experiment_name=knowledge-distillation", timeout=10) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [experiment_id],
+                             "filter": "tags.`dvc.stage` = 'distill@kd'"}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.load(response)["runs"]
+        assert runs and all(r["info"]["run_name"] == "kd" for r in runs)
+        metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
+        assert {"test_acc", "train_loss", "num_params"} <= metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

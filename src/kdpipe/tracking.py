@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import os
 import signal
 import subprocess
@@ -34,7 +35,22 @@ def repo_root() -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    # timeout: parallel stages (`dvc queue start -j N`) wait for SQLite's write lock instead of
+    # failing with "database is locked" after pysqlite's default 5 s.
+    default = f"sqlite:///{repo_root() / 'mlflow.db'}?timeout=60"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """Serialise, across processes, the steps that race under parallel stages: creating and
+    migrating the store, creating the experiment, moving a registry alias."""
+    with open(repo_root() / "mlflow.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def probe(uri: str, timeout: float = 3.0) -> None:
@@ -58,23 +74,20 @@ def set_experiment(name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    probe(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    try:
-        experiment = client.get_experiment_by_name(name)
-    except MlflowException as err:
-        raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
-                            f"({str(err).splitlines()[0]}); fix or unset "
-                            "MLFLOW_TRACKING_URI") from None
-    if experiment is None:
-        location = None if uri.startswith("http") else (repo_root() / "mlartifacts").as_uri()
+    with store_lock():
         try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created by a parallel stage in between
             experiment = client.get_experiment_by_name(name)
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    return experiment.experiment_id
+            if experiment is not None:
+                return experiment.experiment_id
+            local = not uri.startswith(("http://", "https://"))
+            location = (repo_root() / "mlartifacts").as_uri() if local else None
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
+                                f"({str(err).splitlines()[0]}); fix or unset "
+                                "MLFLOW_TRACKING_URI") from None
 
 
 def git_commit() -> str:
@@ -194,6 +207,37 @@ def log_comparison(comparison: dict, report_path: str, model_ids: list[str]) -> 
     mlflow.log_artifact(report_path)
     mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
                                      models=[LoggedModelInput(m) for m in model_ids])
+
+
+REGISTERED_MODEL = "kd-student"
+BEST_ALIAS = "best"
+
+
+def register_best_student(method: str, saved: dict, accuracy: float) -> tuple[str, bool]:
+    """Register the most accurate student as a new version of `kd-student`, tagged with its
+    method, accuracy, data digest and experiment. Alias `best` moves to it if there is no best
+    yet, if the best was trained on other data, or if it beats the best on the same data; the
+    check and the move happen under a lock, so parallel experiments cannot race past each
+    other. Returns (version, whether `best` moved)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    tags = {"method": method, "test_acc": str(accuracy), "data_digest": saved["data_sha256"],
+            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+            "mlflow_run_id": saved["mlflow_run_id"]}
+    with store_lock():
+        version = mlflow.register_model(f"models:/{saved['mlflow_model_id']}",
+                                        REGISTERED_MODEL, tags=tags).version
+        try:
+            best = client.get_model_version_by_alias(REGISTERED_MODEL, BEST_ALIAS)
+        except MlflowException:
+            best = None
+        move = (best is None or best.tags.get("data_digest") != saved["data_sha256"]
+                or float(best.tags["test_acc"]) < accuracy)
+        if move:
+            client.set_registered_model_alias(REGISTERED_MODEL, BEST_ALIAS, version)
+    return version, move
 
 
 def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
