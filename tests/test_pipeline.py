@@ -167,11 +167,15 @@ def test_best_student_is_registered_and_loads_by_alias(project):
 
     repo, _, _ = project
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    best = json.loads((repo / "metrics" / "comparison.json").read_text())
-    accuracies = {name: best[name]["test_acc"] for name in ("student", "kd", "cosine", "hint")}
-    version = mlflow.MlflowClient().get_model_version_by_alias("kd-student", "best")
-    assert float(version.tags["test_acc"]) == max(accuracies.values())
-    assert accuracies[version.tags["method"]] == max(accuracies.values())
+    latest = json.loads((repo / "metrics" / "comparison.json").read_text())
+    latest_best = max(latest[name]["test_acc"] for name in ("student", "kd", "cosine", "hint"))
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name = 'kd-student'")
+    assert len(versions) >= 1  # one per compare run (more if an earlier test reran compare)
+    best = client.get_model_version_by_alias("kd-student", "best")
+    assert float(best.tags["test_acc"]) == max(float(v.tags["test_acc"]) for v in versions)
+    assert float(best.tags["test_acc"]) >= latest_best
+    assert best.tags["method"] in ("student", "kd", "cosine", "hint")
     model = mlflow.pytorch.load_model("models:/kd-student@best")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
