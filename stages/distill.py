@@ -16,7 +16,7 @@ from kdpipe.losses import build_objective
 from kdpipe.paths import MODELS_DIR, PREPARED_DIR, TARGETS_DIR
 from kdpipe.runs import ModelSpec, train_model
 from kdpipe.runtime import setup
-from kdpipe.targets import CachedTargets, LiveTeacher
+from kdpipe.targets import teacher_source
 
 
 def main() -> None:
@@ -30,10 +30,8 @@ def main() -> None:
         objective = build_objective(method, cfg.distill)
     prepared = Prepared(PREPARED_DIR)
     teacher, saved = load_model(MODELS_DIR / "teacher.pt", runtime.device)
-    if cfg.data.augment:  # inputs change every epoch: the teacher must see the same batch
-        source = LiveTeacher(teacher, runtime.autocast)
-    else:
-        source = CachedTargets(TARGETS_DIR, objective.needs, runtime.device, prepared.digest)
+    source = teacher_source(cfg.data.augment, teacher, runtime.autocast, TARGETS_DIR,
+                            objective.needs, runtime.device, prepared.digest)
     params = section(cfg, "seed", "device", "threads", "compile", "student",
                      f"distill.{method}", "data.augment")
     spec = ModelSpec(method, "LightNN", cfg.student, params)

@@ -107,3 +107,28 @@ def test_stale_targets_are_refused(tmp_path):
     save_targets(tmp_path / "t", torch.zeros(2, 10), torch.zeros(2, 32, 8, 8), {"data_sha256": "a"})
     with pytest.raises(DataError, match="computed on other data"):
         CachedTargets(tmp_path / "t", ("logits",), torch.device("cpu"), "b")
+
+
+def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):
+    from kdpipe.targets import teacher_source
+
+    teacher = DeepNN()
+    save_targets(tmp_path / "t", torch.zeros(200, 10), torch.zeros(200, 32, 8, 8),
+                 {"data_sha256": "d"})
+    args = (teacher, cpu.autocast, tmp_path / "t", ("logits",), cpu.device, "d")
+    assert isinstance(teacher_source(False, *args), CachedTargets)
+    live = teacher_source(True, *args)
+    assert isinstance(live, LiveTeacher)
+    # Live outputs follow the (augmented) batch; cached ones follow only the sample index.
+    idx = torch.arange(4)
+    x = tiny_data.train_x[idx]
+    assert torch.equal(live(idx, x).logits, teacher.eval()(x))
+    assert not torch.equal(live(idx, x.flip(3)).logits, live(idx, x).logits)
+
+
+def test_distillation_with_augmentation_trains(tiny_data, cpu):
+    teacher = DeepNN()
+    objective = SoftTargetKD(KDConfig(temperature=4.0, soft_target_weight=0.5, ce_weight=0.5))
+    result = fit(seeded_student("LightNN", 0, 10), objective, tiny_data, TWO_EPOCHS, cpu, seed=0,
+                 teacher=LiveTeacher(teacher, cpu.autocast), augment_batches=True)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)

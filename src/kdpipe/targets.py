@@ -81,3 +81,12 @@ class LiveTeacher:
         with self.autocast():
             logits, features = self.teacher.forward_with_features(x)
         return TeacherOutputs(logits.float(), features.float())
+
+
+def teacher_source(augment: bool, teacher: ConvNet, autocast, folder: Path,
+                   needs: tuple[str, ...], device: torch.device, data_sha256: str):
+    """The cache when the teacher's inputs never change; with augmentation the inputs change
+    every epoch, so the teacher must see the student's very batch."""
+    if augment:
+        return LiveTeacher(teacher, autocast)
+    return CachedTargets(folder, needs, device, data_sha256)
