@@ -214,11 +214,12 @@ BEST_ALIAS = "best"
 
 
 def register_best_student(method: str, saved: dict, accuracy: float) -> tuple[str, bool]:
-    """Register the most accurate student as a new version of `kd-student`, tagged with its
-    method, accuracy, data digest and experiment. Alias `best` moves to it if there is no best
-    yet, if the best was trained on other data, or if it beats the best on the same data; the
-    check and the move happen under a lock, so parallel experiments cannot race past each
-    other. Returns (version, whether `best` moved)."""
+    """Register the most accurate student as a new version of `kd-student` (unless that very
+    model is registered already), tagged with its method, accuracy, data digest and
+    experiment. Alias `best` moves to it if there is no best yet, if the best was trained on
+    other data, or if it beats the best on the same data; the check and the move happen under
+    a lock, so parallel experiments cannot race past each other.
+    Returns (version, whether `best` moved)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -227,8 +228,11 @@ def register_best_student(method: str, saved: dict, accuracy: float) -> tuple[st
             "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
             "mlflow_run_id": saved["mlflow_run_id"]}
     with store_lock():
-        version = mlflow.register_model(f"models:/{saved['mlflow_model_id']}",
-                                        REGISTERED_MODEL, tags=tags).version
+        # A model restored from DVC's cache may already be registered: reuse its version.
+        known = client.search_model_versions(
+            f"name = '{REGISTERED_MODEL}' and run_id = '{saved['mlflow_run_id']}'")
+        version = known[0].version if known else mlflow.register_model(
+            f"models:/{saved['mlflow_model_id']}", REGISTERED_MODEL, tags=tags).version
         try:
             best = client.get_model_version_by_alias(REGISTERED_MODEL, BEST_ALIAS)
         except MlflowException:
