@@ -75,7 +75,8 @@ class Prepared:
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> normalised float32 on `device`, channels_last (NHWC in memory:
-    the fast layout for convolutions on both CPU and CUDA)."""
+    the fast layout for convolutions on both CPU and CUDA; measured on the 2-core CPU, a
+    training step ran 1.35x faster for LightNN and 1.27x for DeepNN than in NCHW)."""
     x = torch.from_numpy(images).to(device)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
