@@ -1,3 +1,6 @@
+import contextlib
+
+import pytest
 import torch
 
 from kdpipe.models import STUDENT_FEATURES, TEACHER_FEATURES, DeepNN, LightNN, count_params
@@ -20,3 +23,19 @@ def test_forward_with_features_shapes():
 def test_flattened_feature_sizes_are_2048_and_1024():
     assert torch.Size(TEACHER_FEATURES).numel() == 2048
     assert torch.Size(STUDENT_FEATURES).numel() == 1024
+
+
+def test_inference_cost_is_measured_and_the_student_is_faster(tmp_path):
+    from kdpipe.inference import inference_cost
+
+    costs = {}
+    for model in (DeepNN(), LightNN()):
+        path = tmp_path / f"{type(model).__name__}.pt"
+        torch.save(model.state_dict(), path)
+        costs[type(model).__name__] = inference_cost(model, path, torch.device("cpu"),
+                                                     contextlib.nullcontext)
+    teacher, student = costs["DeepNN"], costs["LightNN"]
+    assert teacher["size_mb"] == pytest.approx(1_186_986 * 4 / 2**20, rel=0.01)
+    assert student["size_mb"] < teacher["size_mb"] / 4
+    assert 0 < student["inference_ms_batch1"] < teacher["inference_ms_batch1"]
+    assert student["inference_images_per_second"] > 3 * teacher["inference_images_per_second"]

@@ -78,10 +78,13 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         assert 0 <= metrics["test_acc"] <= 100
         assert metrics["num_params"] == (1_186_986 if name == "teacher" else 267_738)
         assert metrics["train_seconds"] > 0 and metrics["train_images_per_second"] > 0
+        assert metrics["inference_ms_batch1"] > 0 and metrics["size_mb"] > 0
         assert (repo / "models" / f"{name}.pt").exists()
         assert (repo / "plots" / f"{name}.csv").read_text().startswith("epoch,train_loss,test_acc")
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert set(MODELS) <= set(comparison)
+    assert comparison["teacher"]["speedup_vs_teacher"] == 1.0
+    assert all(comparison[name]["speedup_vs_teacher"] > 1 for name in MODELS[1:])
     assert "| **kd**" in (repo / "reports" / "comparison.md").read_text()
 
 

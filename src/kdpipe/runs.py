@@ -13,6 +13,7 @@ from kdpipe.checkpoint import Checkpoint, run_key
 from kdpipe.config import Config, TrainConfig, flat
 from kdpipe.data import Prepared, to_device
 from kdpipe.files import write_json, write_text, write_with
+from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
 from kdpipe.models import ConvNet, build_model, count_params
 from kdpipe.paths import METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREPARED_DIR
@@ -69,7 +70,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         saved = {"arch": spec.arch, "state_dict": model.state_dict(), "classes": prepared.classes,
                  "config": spec.params, "data_sha256": prepared.digest, "inputs": inputs,
                  "mlflow_run_id": run.info.run_id, "mlflow_model_id": model_id}
-        write_with(MODELS_DIR / f"{spec.name}.pt", lambda tmp: torch.save(saved, tmp))
+        model_file = MODELS_DIR / f"{spec.name}.pt"
+        write_with(model_file, lambda tmp: torch.save(saved, tmp))
         metrics = {
             "test_acc": result.history[-1]["test_acc"],
             "num_params": count_params(model),
@@ -77,6 +79,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
             "train_seconds": round(result.train_seconds, 2),
             "eval_seconds": round(result.eval_seconds, 2),
             "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
+            **inference_cost(model, model_file, runtime.device, runtime.autocast),
             **stage_cost(),
         }
         tracking.log_final(metrics, environment(runtime))
