@@ -8,7 +8,7 @@ from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Prepared, to_device
 from kdpipe.files import folder_mb, write_json
-from kdpipe.paths import METRICS_DIR, MODELS_DIR, PREPARED_DIR, TARGETS_DIR
+from kdpipe.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.runtime import environment, setup, stage_cost
 from kdpipe.targets import compute_targets, save_targets
 
@@ -17,7 +17,7 @@ def main() -> None:
     cfg = load_config()
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
-    teacher, saved = load_model(MODELS_DIR / "teacher.pt", runtime.device)
+    teacher, saved = load_model(model_file("teacher", cfg.seed), runtime.device)
     params = section(cfg, "device", "threads")
     with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         tracking.log_dataset(prepared.summary, PREPARED_DIR)

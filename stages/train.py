@@ -1,6 +1,7 @@
-"""Stages `train_teacher` and `train_student`: plain cross-entropy training.
+"""Stages `train_teacher` and `train_student@<seed>`: plain cross-entropy training.
 
-usage: python stages/train.py teacher|student
+usage: python stages/train.py teacher          (seed: params `seed`)
+       python stages/train.py student <seed>   (one of params `seeds`)
 """
 import sys
 
@@ -18,11 +19,12 @@ ARCH = {"teacher": "DeepNN", "student": "LightNN"}
 def main() -> None:
     name = sys.argv[1]
     cfg = load_config()
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else cfg.seed
     runtime = setup(cfg)
-    params = section(cfg, "seed", "device", "threads", "compile", name, "data.augment")
-    spec = ModelSpec(name, ARCH[name], getattr(cfg, name), params)
+    params = {"seed": seed, **section(cfg, "device", "threads", "compile", name, "data.augment")}
+    spec = ModelSpec(name, seed, ARCH[name], getattr(cfg, name), params)
     metrics = train_model(spec, cfg, runtime, Objective(), Prepared(PREPARED_DIR))
-    print(f"{name}: test accuracy {metrics['test_acc']:.2f}%")
+    print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")
 
 
 if __name__ == "__main__":

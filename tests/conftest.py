@@ -34,6 +34,7 @@ def tiny_data(synthetic) -> TrainData:
     train, test = synthetic["train"], synthetic["test"]
     device = torch.device("cpu")
     return TrainData(to_device(train.images[:200], device), torch.from_numpy(train.labels[:200]),
+                     to_device(train.images[:0], device), torch.from_numpy(train.labels[:0]),
                      to_device(test.images[:100], device), torch.from_numpy(test.labels[:100]))
 
 

@@ -118,12 +118,25 @@ def test_prepare_writes_a_reproducible_prepared_folder(tmp_path):
     first = prepare(cfg, 42, tmp_path, tmp_path / "a")
     second = prepare(cfg, 42, tmp_path, tmp_path / "b")
     assert first["sha256"] == second["sha256"]
-    assert first["counts"] == {"train": {"cat": 3, "dog": 3}, "test": {"cat": 5, "dog": 5}}
+    assert first["counts"] == {"train": {"cat": 3, "dog": 3}, "val": {"cat": 0, "dog": 0},
+                               "test": {"cat": 5, "dog": 5}}
     assert first["source_sha256"] is not None
     loaded = Prepared(tmp_path / "a")
     assert loaded.splits["train"].images.dtype == np.uint8
     assert loaded.digest == first["sha256"] and loaded.classes == ["cat", "dog"]
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_validation_split_is_held_out_of_train_seeded_and_balanced(tmp_path):
+    make_archive(tmp_path / "set.tar.gz", image_folder(per_class=10))
+    cfg = DataConfig(source="set.tar.gz", limit_train=0, limit_test=0, val_fraction=0.2)
+    summary = prepare(cfg, 7, tmp_path, tmp_path / "p")
+    assert summary["counts"]["val"] == {"cat": 2, "dog": 2}
+    assert summary["counts"]["train"] == {"cat": 8, "dog": 8}
+    splits = Prepared(tmp_path / "p").splits
+    train_rows = {img.tobytes() for img in splits["train"].images}
+    assert not any(img.tobytes() in train_rows for img in splits["val"].images)
+    assert prepare(cfg, 7, tmp_path, tmp_path / "q")["sha256"] == summary["sha256"]
 
 
 def test_to_device_normalises_with_imagenet_statistics_in_channels_last():

@@ -1,5 +1,5 @@
 """End to end: `dvc repro` on synthetic data in a fresh copy of the project, then a KD-only
-param change and a report-only code change rerun exactly the stages they affect."""
+param change, a new seed and a report-only code change rerun exactly the stages they affect."""
 import json
 import os
 import re
@@ -14,11 +14,11 @@ import yaml
 
 from tests.conftest import ROOT
 
-STAGES = ["prepare", "train_teacher", "train_student", "teacher_targets", "distill@kd",
-          "distill@cosine", "distill@hint", "compare"]
+STAGES = ["prepare", "train_teacher", "train_student@42", "teacher_targets", "distill@kd-42",
+          "distill@cosine-42", "distill@hint-42", "compare"]
 MODELS = ["teacher", "student", "kd", "cosine", "hint"]
 QUICK = {"data": {"source": "synthetic", "limit_train": 300, "limit_test": 200},
-         "teacher": {"epochs": 1}, "student": {"epochs": 1}}
+         "teacher": {"epochs": 1}, "student": {"epochs": 1}, "seeds": [42]}
 
 
 def tracked_files() -> list[str]:
@@ -37,8 +37,10 @@ def edit_params(repo: Path, changes: dict) -> None:
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in changes.items():
-        params[section].update(values) if isinstance(values, dict) else params.update(
-            {section: values})
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -72,15 +74,22 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     repo, _, output = project
-    assert ran_stages(output) == STAGES
+    assert sorted(ran_stages(output)) == sorted(STAGES)
+    assert ran_stages(output)[0] == "prepare" and ran_stages(output)[-1] == "compare"
     for name in MODELS:
+        run = json.loads((repo / "metrics" / "seeds" / f"{name}-42.json").read_text())
+        assert 0 <= run["test_acc"] <= 100 and run["seed"] == 42
+        assert run["num_params"] == (1_186_986 if name == "teacher" else 267_738)
+        assert run["train_seconds"] > 0 and run["train_images_per_second"] > 0
+        assert run["inference_ms_batch1"] > 0 and run["size_mb"] > 0
         metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
-        assert 0 <= metrics["test_acc"] <= 100
-        assert metrics["num_params"] == (1_186_986 if name == "teacher" else 267_738)
-        assert metrics["train_seconds"] > 0 and metrics["train_images_per_second"] > 0
-        assert metrics["inference_ms_batch1"] > 0 and metrics["size_mb"] > 0
-        assert (repo / "models" / f"{name}.pt").exists()
-        assert (repo / "plots" / f"{name}.csv").read_text().startswith("epoch,train_loss,test_acc")
+        assert metrics["test_acc"] == run["test_acc"] and metrics["test_acc_ci95"] is None
+        assert metrics["test_acc_per_seed"] == {"42": run["test_acc"]}
+        assert (repo / "models" / f"{name}-42.pt").exists()
+        assert (repo / "plots" / f"{name}-42.csv").read_text().startswith(
+            "epoch,train_loss,test_acc")
+    for figure in ("accuracy", "curves", "accuracy_vs_latency"):
+        assert (repo / "reports" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert set(MODELS) <= set(comparison)
     assert comparison["teacher"]["speedup_vs_teacher"] == 1.0
@@ -106,8 +115,8 @@ def test_mlflow_has_one_finished_run_per_stage_with_lineage(project):
         assert run.info.status == "FINISHED"
         assert run.data.tags["git.commit"] == commit
     kd = by_name["kd"]
-    assert kd.data.tags["dvc.stage"] == "distill@kd"
-    assert kd.data.params["distill.kd.temperature"] == "2.0"
+    assert kd.data.tags["dvc.stage"] == "distill@kd-42"
+    assert kd.data.params["distill.kd.temperature"] == "2.0" and kd.data.params["seed"] == "42"
     assert [m.step for m in client.get_metric_history(kd.info.run_id, "test_acc")] == [1]
     assert kd.data.metrics["num_params"] == 267_738
     assert kd.inputs.dataset_inputs[0].dataset.name == "synthetic"
@@ -139,7 +148,17 @@ def test_only_changed_stages_rerun(project):
                                           "ce_weight": 0.75},
                                    "cosine": {"hidden_weight": 0.25, "ce_weight": 0.75},
                                    "hint": {"feature_weight": 0.25, "ce_weight": 0.75}}})
-    assert ran_stages(sh(["dvc", "repro"], repo, env)) == ["distill@kd", "compare"]
+    assert ran_stages(sh(["dvc", "repro"], repo, env)) == ["distill@kd-42", "compare"]
+
+    edit_params(repo, {"seeds": [42, 43]})  # a new seed trains only that seed's students
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo, env))) == [
+        "compare", "distill@cosine-43", "distill@hint-43", "distill@kd-43", "train_student@43"]
+    kd = json.loads((repo / "metrics" / "kd.json").read_text())
+    assert set(kd["test_acc_per_seed"]) == {"42", "43"} and kd["test_acc_ci95"] is not None
+    gains = json.loads((repo / "metrics" / "comparison.json").read_text())
+    assert 0 <= gains["kd"]["gain_p_value"] <= 1
+    assert "paired t-test p =" in (repo / "reports" / "comparison.md").read_text()
+
     with open(repo / "src" / "kdpipe" / "report.py", "a") as f:
         f.write("\n# a report-only change\n")
     assert sorted(json.loads(sh(["dvc", "status", "--json"], repo, env))) == ["compare"]
@@ -158,8 +177,8 @@ def test_real_images_subset_every_model_beats_chance(tmp_path):
     env = copy_project(repo)
     edit_params(repo, {"data": {"source": str(SHARED_ARCHIVE), "limit_train": 2000,
                                 "limit_test": 1000},
-                       "teacher": {"epochs": 1}, "student": {"epochs": 1}})
-    assert ran_stages(sh(["dvc", "repro"], repo, env)) == STAGES
+                       "teacher": {"epochs": 1}, "student": {"epochs": 1}, "seeds": [42]})
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo, env))) == sorted(STAGES)
     for name in MODELS:
         assert json.loads((repo / "metrics" / f"{name}.json").read_text())["test_acc"] >= 15
 
@@ -214,7 +233,7 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(project, tmp_path):
             f"{base}/api/2.0/mlflow/runs/search", method="POST",
             headers={"Content-Type": "application/json"},
             data=json.dumps({"experiment_ids": [experiment_id],
-                             "filter": "tags.`dvc.stage` = 'distill@kd'"}).encode())
+                             "filter": "tags.`dvc.stage` = 'distill@kd-42'"}).encode())
         with urllib.request.urlopen(request, timeout=10) as response:
             runs = json.load(response)["runs"]
         assert runs and all(r["info"]["run_name"] == "kd" for r in runs)

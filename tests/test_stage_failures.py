@@ -96,25 +96,25 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     killed = workspace(tmp_path / "killed", QUICK)
     for ws in (straight, killed):
         assert stage(ws, "prepare.py").returncode == 0
-    assert stage(straight, "train.py", "student").returncode == 0
+    assert stage(straight, "train.py", "student", "42").returncode == 0
 
-    proc = stage(killed, "train.py", "student", wait=False)
-    checkpoint = killed / ".checkpoints" / "student.pt"
+    proc = stage(killed, "train.py", "student", "42", wait=False)
+    checkpoint = killed / ".checkpoints" / "student-42.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130, "the stage finished before it could be killed"
-    assert not (killed / "models" / "student.pt").exists()
+    assert not (killed / "models" / "student-42.pt").exists()
     mlflow.set_tracking_uri(f"sqlite:///{killed / 'mlflow.db'}")
     [run] = mlflow.search_runs(experiment_names=["knowledge-distillation"],
                                filter_string="attributes.run_name = 'student'",
                                output_format="list")
     assert run.info.status == "KILLED"
 
-    resumed = stage(killed, "train.py", "student")
+    resumed = stage(killed, "train.py", "student", "42")
     assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout
-    final = [safe_load(ws / "models" / "student.pt") for ws in (straight, killed)]
+    final = [safe_load(ws / "models" / "student-42.pt") for ws in (straight, killed)]
     assert all(torch.equal(final[0]["state_dict"][k], final[1]["state_dict"][k])
                for k in final[0]["state_dict"])
     assert final[1]["mlflow_run_id"] == run.info.run_id
@@ -122,4 +122,4 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4]
-    assert not (killed / ".checkpoints" / "student.pt").exists()
+    assert not checkpoint.exists()

@@ -132,3 +132,15 @@ def test_distillation_with_augmentation_trains(tiny_data, cpu):
     result = fit(seeded_student("LightNN", 0, 10), objective, tiny_data, TWO_EPOCHS, cpu, seed=0,
                  teacher=LiveTeacher(teacher, cpu.autocast), augment_batches=True)
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+
+
+def test_with_a_validation_split_curves_use_it_and_test_is_seen_once(tiny_data, cpu):
+    from dataclasses import replace
+
+    data = replace(tiny_data, train_x=tiny_data.train_x[:150], train_y=tiny_data.train_y[:150],
+                   val_x=tiny_data.train_x[150:], val_y=tiny_data.train_y[150:])
+    result = fit(seeded_student("LightNN", 0, 10), Objective(), data, TWO_EPOCHS, cpu, seed=0)
+    assert all("val_acc" in r and "test_acc" not in r for r in result.history)
+    assert 0 <= result.test_acc <= 100
+    plain = fit(seeded_student("LightNN", 0, 10), Objective(), tiny_data, TWO_EPOCHS, cpu, seed=0)
+    assert plain.test_acc == plain.history[-1]["test_acc"]

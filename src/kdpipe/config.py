@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 import yaml
 
@@ -42,6 +42,9 @@ class DataConfig:
     limit_train: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     limit_test: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     augment: bool = False
+    # A held-out part of the training set for per-epoch curves and choosing; 0 = none (as the
+    # tutorial, which reports test accuracy every epoch).
+    val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ DEVICES = ("auto", "cuda", "cpu")
 @dataclass(frozen=True)
 class Config:
     seed: int = rule("an integer >= 0", lambda v: v >= 0)
+    seeds: list[int] = rule("a non-empty list of distinct integers >= 0",
+                            lambda v: bool(v) and len(set(v)) == len(v)
+                            and all(_type_ok(int, s) and s >= 0 for s in v))
     device: str = rule(" | ".join(DEVICES), lambda v: v in DEVICES)
     data: DataConfig
     teacher: TrainConfig
@@ -111,6 +117,7 @@ class Config:
 
 
 def _type_ok(expected: type, value: Any) -> bool:
+    expected = get_origin(expected) or expected  # list[int] -> list
     if expected is bool:
         return isinstance(value, bool)
     if expected is float:  # `dvc exp run -S distill.kd.temperature=4` writes an int
@@ -120,7 +127,8 @@ def _type_ok(expected: type, value: Any) -> bool:
     return isinstance(value, expected)
 
 
-TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string"}
+TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string",
+              list[int]: "a list of integers"}
 
 
 def build(cls: type, raw: Any, path: str) -> Any:

@@ -1,8 +1,8 @@
 """Prepared data: written once by the prepare stage, loaded whole onto the device by the rest.
 
 Layout of a prepared folder (all plain .npy, loadable without pickle):
-    {train,test}_images.npy  uint8 (N, 3, 32, 32)
-    {train,test}_labels.npy  int64 (N,)
+    {train,val,test}_images.npy  uint8 (N, 3, 32, 32); val is empty when data.val_fraction is 0
+    {train,val,test}_labels.npy  int64 (N,)
     summary.json             classes, counts per class, digests of the data and of its source
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from kdpipe.sources import SPLITS, Split, balanced_subset, read_source
 # The tutorial's normalisation (ImageNet statistics), applied once to the whole split.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-ARRAYS = [f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")]
+PREPARED_SPLITS = ("train", "val", "test")
+ARRAYS = [f"{split}_{kind}.npy" for split in PREPARED_SPLITS for kind in ("images", "labels")]
 
 
 def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
@@ -28,10 +29,11 @@ def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
     splits, classes = read_source(cfg.source, root, seed)
     limits = {"train": cfg.limit_train, "test": cfg.limit_test}
     for split in SPLITS:
-        keep = balanced_subset(splits[split].labels, limits[split], seed)
-        splits[split] = Split(splits[split].images[keep], splits[split].labels[keep])
+        splits[split] = take(splits[split], balanced_subset(splits[split].labels,
+                                                            limits[split], seed))
+    splits["train"], splits["val"] = hold_out(splits["train"], cfg.val_fraction, seed)
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for split in SPLITS:
+        for split in PREPARED_SPLITS:
             np.save(tmp / f"{split}_images.npy", splits[split].images)
             np.save(tmp / f"{split}_labels.npy", splits[split].labels)
         summary = {
@@ -40,11 +42,23 @@ def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
             "classes": classes,
             "counts": {split: dict(zip(classes, np.bincount(splits[split].labels,
                                                             minlength=len(classes)).tolist()))
-                       for split in SPLITS},
+                       for split in PREPARED_SPLITS},
             "sha256": sha256_files([tmp / name for name in ARRAYS]),
         }
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def take(split: Split, indices: np.ndarray) -> Split:
+    return Split(split.images[indices], split.labels[indices])
+
+
+def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, validation): a seeded, class-balanced `fraction` of `train` held out."""
+    n_val = round(len(train.labels) * fraction)
+    val = balanced_subset(train.labels, n_val, seed + 1) if n_val else np.array([], dtype=int)
+    rest = np.setdiff1d(np.arange(len(train.labels)), val)
+    return take(train, rest), take(train, val)
 
 
 def source_digest(source: str, root: Path) -> str | None:
@@ -70,7 +84,7 @@ class Prepared:
         self.digest: str = self.summary["sha256"]
         self.splits = {split: Split(np.load(folder / f"{split}_images.npy"),
                                     np.load(folder / f"{split}_labels.npy"))
-                       for split in SPLITS}
+                       for split in PREPARED_SPLITS}
 
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -8,3 +8,18 @@ METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORT = Path("reports/comparison.md")
 CHECKPOINT_DIR = Path(".checkpoints")  # git-ignored; DVC does not delete it before a rerun
+FIGURES = {"accuracy": Path("reports/accuracy.png"), "curves": Path("reports/curves.png"),
+           "latency": Path("reports/accuracy_vs_latency.png")}
+
+
+def model_file(name: str, seed: int) -> Path:
+    return MODELS_DIR / f"{name}-{seed}.pt"
+
+
+def seed_metrics_file(name: str, seed: int) -> Path:
+    """One training run's metrics; compare aggregates them over seeds into metrics/<name>.json."""
+    return METRICS_DIR / "seeds" / f"{name}-{seed}.json"
+
+
+def plot_file(name: str, seed: int) -> Path:
+    return PLOTS_DIR / f"{name}-{seed}.csv"

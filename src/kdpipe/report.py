@@ -1,9 +1,12 @@
-"""The comparison of every trained model: a markdown table and a JSON metrics file."""
+"""The comparison of every trained model over seeds: aggregated metrics per model, paired gains
+of each method over the baseline student, and a markdown report."""
 from __future__ import annotations
 
-from pathlib import Path
+import statistics
 
 from kdpipe.files import read_json
+from kdpipe.paths import FIGURES, seed_metrics_file
+from kdpipe.stats import paired_gain, summarize, verdict
 
 MODELS = {  # name -> what it is
     "teacher": "teacher (DeepNN, cross-entropy)",
@@ -13,59 +16,97 @@ MODELS = {  # name -> what it is
     "hint": "FitNets hint (regressor + MSE)",
 }
 STUDENTS = ("student", "kd", "cosine", "hint")
-COLUMNS = [  # (metrics key, header, format)
-    ("num_params", "params", "{:,}"),
-    ("test_acc", "test acc %", "{:.2f}"),
-    ("delta_vs_student", "Δ vs student (pp)", "{:+.2f}"),
-    ("size_mb", "size MB", "{:.2f}"),
-    ("inference_ms_batch1", "latency ms (batch 1)", "{:.2f}"),
-    ("inference_images_per_second", "inference img/s (batch 256)", "{:,.0f}"),
-    ("speedup_vs_teacher", "inference speed-up vs teacher", "{:.1f}×"),
-    ("train_seconds", "train s", "{:.1f}"),
-    ("train_images_per_second", "train img/s", "{:,.0f}"),
-    ("wall_seconds", "stage wall s", "{:.1f}"),
-    ("peak_rss_mb", "peak RSS MB", "{:,.0f}"),
-]
+METHODS = ("kd", "cosine", "hint")
+COST_KEYS = ("num_params", "size_mb", "inference_ms_batch1", "inference_images_per_second",
+             "train_seconds", "train_images_per_second", "wall_seconds", "peak_rss_mb")
 
 
-def collect(metrics_dir: Path) -> dict:
-    """{model: metrics + delta_vs_student} for every model, plus the best student."""
-    rows = {name: read_json(metrics_dir / f"{name}.json") for name in MODELS}
-    baseline = rows["student"]["test_acc"]
-    teacher_speed = rows["teacher"]["inference_images_per_second"]
-    for row in rows.values():
-        row["delta_vs_student"] = round(row["test_acc"] - baseline, 2)
+def aggregate(runs: list[dict]) -> dict:
+    """One model's metrics over its seeds: accuracies as mean, std, CI and per-seed values;
+    costs as means."""
+    out: dict = {"seeds": [r["seed"] for r in runs]}
+    for key in ("test_acc", "val_acc"):
+        if key in runs[0]:
+            values = [r[key] for r in runs]
+            summary = summarize(values)
+            out |= {key: round(summary["mean"], 3), f"{key}_std": round(summary["std"], 3),
+                    f"{key}_ci95": None if summary["ci95"] is None else round(summary["ci95"], 3),
+                    f"{key}_per_seed": {str(r["seed"]): r[key] for r in runs}}
+    for key in COST_KEYS:
+        out[key] = round(statistics.fmean(r[key] for r in runs), 3)
+    return out
+
+
+def collect(teacher_seed: int, seeds: list[int]) -> dict:
+    """Every model's aggregated metrics, each method's paired gain over the baseline, the
+    metric used to choose (val_acc when there is a validation split) and the best student."""
+    runs = {name: [read_json(seed_metrics_file(name, s)) for s in seeds] for name in STUDENTS}
+    runs["teacher"] = [read_json(seed_metrics_file("teacher", teacher_seed))]
+    models = {name: aggregate(runs[name]) for name in MODELS}
+    choose_by = "val_acc" if "val_acc" in models["student"] else "test_acc"
+    teacher_speed = models["teacher"]["inference_images_per_second"]
+    for row in models.values():
+        row["delta_vs_student"] = round(row["test_acc"] - models["student"]["test_acc"], 3)
         row["speedup_vs_teacher"] = round(row["inference_images_per_second"] / teacher_speed, 2)
-    best = max(STUDENTS, key=lambda name: rows[name]["test_acc"])
-    return {"models": rows, "best_student": best}
+    gains = {}
+    for method in METHODS:
+        gain = paired_gain([r["test_acc"] for r in runs[method]],
+                           [r["test_acc"] for r in runs["student"]])
+        gains[method] = {**{k: v if v is None or k == "diffs" else round(v, 4)
+                            for k, v in gain.items()}, "verdict": verdict(gain)}
+    best = max(STUDENTS, key=lambda name: models[name][choose_by])
+    best_run = max(runs[best], key=lambda r: r[choose_by])
+    return {"models": models, "gains": gains, "choose_by": choose_by, "best_student": best,
+            "best_seed": best_run["seed"]}
+
+
+def _pm(row: dict, key: str) -> str:
+    ci = row.get(f"{key}_ci95")
+    return f"{row[key]:.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
 
 
 def markdown(comparison: dict) -> str:
-    rows = comparison["models"]
+    models, gains = comparison["models"], comparison["gains"]
+    seeds, teacher_seed = models["student"]["seeds"], models["teacher"]["seeds"][0]
     lines = ["# Knowledge distillation: comparison", "",
-             "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+             f"Students: {len(seeds)} seed(s) {seeds}; teacher: seed {teacher_seed}. Accuracy: "
+             "mean ± 95% CI half-width (t-distribution) over seeds, test split.", "",
+             "| model | params | test acc % | gain vs student (pp) | p | verdict | size MB "
+             "| latency ms (batch 1) | img/s (batch 256) | speed-up vs teacher | train s "
+             "| stage wall s |", "|---|" + "---:|" * 4 + "---|" + "---:|" * 6]
     for name, label in MODELS.items():
-        cells = [fmt.format(rows[name][key]) for key, _, fmt in COLUMNS]
-        lines.append(f"| **{name}**: {label} | " + " | ".join(cells) + " |")
+        row, gain = models[name], gains.get(name)
+        gain_cells = ([_pm(gain, "mean"),
+                       "–" if gain["p_value"] is None else f"{gain['p_value']:.3f}",
+                       gain["verdict"]] if gain else ["", "", ""])
+        lines.append(" | ".join([
+            f"| **{name}**: {label}", f"{row['num_params']:,.0f}", _pm(row, "test_acc"),
+            *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
+            f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
+            f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"]) + " |")
     best = comparison["best_student"]
-    lines += ["", f"Most accurate student: **{best}** "
-              f"({rows[best]['test_acc']:.2f}%, {rows[best]['delta_vs_student']:+.2f} pp vs the "
-              "baseline student; one seed, so gaps under ~1 pp are within noise).",
-              "", "Δ = difference in test accuracy from the baseline student, in percentage "
-              "points. Inference: medians of timed forward passes after warm-up, on the device "
-              "each stage ran on; speed-up = throughput at batch 256 over the teacher's. "
-              "Train s excludes evaluation; stage wall s includes process start, imports, "
-              "evaluation and MLflow logging."]
+    lines += ["", f"Chosen by mean `{comparison['choose_by']}`: **{best}** (seed "
+              f"{comparison['best_seed']}), registered as `kd-student`.", ""]
+    for method, gain in gains.items():
+        lines.append(f"- **{method}** {gain['verdict']}: {gain['mean']:+.2f} pp"
+                     + (f" (95% CI ± {gain['ci95']:.2f}, paired t-test p = "
+                        f"{gain['p_value']:.3f})" if gain["p_value"] is not None else ""))
+    lines += ["", "Gain: per-seed difference from the baseline student trained with the same "
+              "seed (same initial weights and batch order). Inference: medians of timed forward "
+              "passes after warm-up, on the device each stage ran on; speed-up = batch-256 "
+              "throughput over the teacher's. Train s excludes evaluation; stage wall s "
+              "includes process start, imports, evaluation and MLflow logging.", ""]
+    lines += [f"![{name}]({path.name})" for name, path in FIGURES.items()]
     return "\n".join(lines) + "\n"
 
 
 def summary_metrics(comparison: dict) -> dict:
-    """The few numbers worth a column in `dvc exp show`: accuracy and gain of every model,
-    and the best student's accuracy (each model's own file has the rest)."""
-    rows = comparison["models"]
-    out = {name: {"test_acc": row["test_acc"], "delta_vs_student": row["delta_vs_student"],
-                  "speedup_vs_teacher": row["speedup_vs_teacher"]}
-           for name, row in rows.items()}
-    out["best_student_test_acc"] = rows[comparison["best_student"]]["test_acc"]
+    """The few numbers worth a column in `dvc exp show`."""
+    models = comparison["models"]
+    out: dict = {name: {k: models[name][k] for k in ("test_acc", "test_acc_ci95", "val_acc",
+                                                     "delta_vs_student", "speedup_vs_teacher")
+                        if k in models[name]} for name in MODELS}
+    for method, gain in comparison["gains"].items():
+        out[method] |= {"gain_ci95": gain["ci95"], "gain_p_value": gain["p_value"]}
+    out["best_student_test_acc"] = models[comparison["best_student"]]["test_acc"]
     return out

@@ -16,7 +16,7 @@ from kdpipe.files import write_json, write_text, write_with
 from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
 from kdpipe.models import ConvNet, build_model, count_params
-from kdpipe.paths import METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREPARED_DIR
+from kdpipe.paths import PREPARED_DIR, model_file, plot_file, seed_metrics_file
 from kdpipe.runtime import Runtime, environment, stage_cost
 from kdpipe.train import TeacherSource, TrainData, fit
 
@@ -24,15 +24,18 @@ from kdpipe.train import TeacherSource, TrainData, fit
 @dataclass
 class ModelSpec:
     name: str              # teacher | student | kd | cosine | hint
+    seed: int              # initial weights, batch order, dropout
     arch: str              # DeepNN | LightNN
     train: TrainConfig     # epochs, lr, batch size
     params: dict           # the params sections this stage reads, logged and saved as config
 
 
 def load_data(prepared: Prepared, device: torch.device) -> TrainData:
-    train, test = prepared.splits["train"], prepared.splits["test"]
-    return TrainData(to_device(train.images, device), torch.from_numpy(train.labels).to(device),
-                     to_device(test.images, device), torch.from_numpy(test.labels).to(device))
+    tensors = []
+    for split in ("train", "val", "test"):
+        images, labels = prepared.splits[split].images, prepared.splits[split].labels
+        tensors += [to_device(images, device), torch.from_numpy(labels).to(device)]
+    return TrainData(*tensors)
 
 
 def seeded_student(arch: str, seed: int, num_classes: int) -> ConvNet:
@@ -44,17 +47,19 @@ def seeded_student(arch: str, seed: int, num_classes: int) -> ConvNet:
 def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objective,
                 prepared: Prepared, teacher: TeacherSource | None = None,
                 teacher_saved: dict | None = None) -> dict:
-    """Train one model and write models/<name>.pt, metrics/<name>.json, plots/<name>.csv.
+    """Train one model and write models/<name>-<seed>.pt, metrics/seeds/<name>-<seed>.json and
+    plots/<name>-<seed>.csv.
     `teacher` supplies teacher outputs per batch; `teacher_saved` is the teacher's saved
     checkpoint, recorded as this model's lineage."""
     data = load_data(prepared, runtime.device)
-    model = seeded_student(spec.arch, cfg.seed, len(prepared.classes))
+    model = seeded_student(spec.arch, spec.seed, len(prepared.classes))
     model = model.to(runtime.device, memory_format=torch.channels_last)
     objective = objective.to(runtime.device)
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
         if teacher_saved else {}
-    key = run_key(spec.name, spec.params, prepared.digest, inputs, cfg.device, cfg.threads)
-    checkpoint = Checkpoint(spec.name, key)
+    key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs, cfg.device,
+                  cfg.threads)
+    checkpoint = Checkpoint(f"{spec.name}-{spec.seed}", key)
     resumed = checkpoint.load()
     run_id = resumed["mlflow_run_id"] if resumed else None
     with tracking.stage_run(cfg.mlflow.experiment, spec.name, flat(spec.params), run_id) as run:
@@ -63,35 +68,38 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
             tracking.log_dataset(prepared.summary, PREPARED_DIR)
             if teacher_saved:
                 tracking.link_teacher(teacher_saved)
-        result = fit(model, objective, data, spec.train, runtime, cfg.seed, teacher=teacher,
+        result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, checkpoint=checkpoint,
                      on_epoch=tracking.log_epoch)
         model_id = tracking.log_model(model)
         saved = {"arch": spec.arch, "state_dict": model.state_dict(), "classes": prepared.classes,
                  "config": spec.params, "data_sha256": prepared.digest, "inputs": inputs,
                  "mlflow_run_id": run.info.run_id, "mlflow_model_id": model_id}
-        model_file = MODELS_DIR / f"{spec.name}.pt"
-        write_with(model_file, lambda tmp: torch.save(saved, tmp))
+        saved_file = model_file(spec.name, spec.seed)
+        write_with(saved_file, lambda tmp: torch.save(saved, tmp))
+        curve = data.curve()[0]
         metrics = {
-            "test_acc": result.history[-1]["test_acc"],
+            "seed": spec.seed,
+            "test_acc": result.test_acc,
+            **({curve: result.history[-1][curve]} if curve != "test_acc" else {}),
             "num_params": count_params(model),
             "epochs": len(result.history),
             "train_seconds": round(result.train_seconds, 2),
             "eval_seconds": round(result.eval_seconds, 2),
             "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
-            **inference_cost(model, model_file, runtime.device, runtime.autocast),
+            **inference_cost(model, saved_file, runtime.device, runtime.autocast),
             **stage_cost(),
         }
-        tracking.log_final(metrics, environment(runtime))
-        write_json(METRICS_DIR / f"{spec.name}.json", metrics)
-        write_text(PLOTS_DIR / f"{spec.name}.csv", history_csv(result.history))
+        tracking.log_final(metrics, environment(runtime), logged_per_epoch=("train_loss", curve))
+        write_json(seed_metrics_file(spec.name, spec.seed), metrics)
+        write_text(plot_file(spec.name, spec.seed), history_csv(result.history, curve))
     checkpoint.remove()
     return metrics
 
 
-def history_csv(history: list[dict]) -> str:
+def history_csv(history: list[dict], curve: str) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["epoch", "train_loss", "test_acc"],
+    writer = csv.DictWriter(out, fieldnames=["epoch", "train_loss", curve],
                             extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)

@@ -141,21 +141,21 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-EPOCH_METRICS = ("train_loss", "test_acc")  # logged per epoch, step = epoch
+EPOCH_METRICS = ("train_loss", "val_acc", "test_acc")  # logged per epoch, step = epoch
 
 
 def log_epoch(record: dict) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: record[k] for k in EPOCH_METRICS}, step=record["epoch"])
+    mlflow.log_metrics({k: record[k] for k in EPOCH_METRICS if k in record}, step=record["epoch"])
 
 
-def log_final(metrics: dict, env: dict) -> None:
-    """The metrics file's values, and the machine they were measured on. Per-epoch metrics
-    are not logged again: their last epoch already is the final value."""
+def log_final(metrics: dict, env: dict, logged_per_epoch: tuple[str, ...] = ()) -> None:
+    """The metrics file's values, and the machine they were measured on. Metrics logged per
+    epoch are not logged again: their last epoch already is the final value."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in EPOCH_METRICS})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in logged_per_epoch})
     mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
 
 
@@ -194,17 +194,22 @@ def link_teacher(saved_teacher: dict) -> None:
                      "teacher.model_id": saved_teacher["mlflow_model_id"]})
 
 
-def log_comparison(comparison: dict, report_path: str, model_ids: list[str]) -> None:
-    """The compare run: every model's metrics (as `<model>.<metric>`), the report, and the
-    compared models as inputs."""
+def log_comparison(comparison: dict, files: list[Path], model_ids: list[str]) -> None:
+    """The compare run: every model's metrics (as `<model>.<metric>`), each method's gain, the
+    report and its figures, and the compared models as inputs."""
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    mlflow.log_metrics({f"{name}.{key}": float(value)
-                        for name, row in comparison["models"].items()
-                        for key, value in row.items() if isinstance(value, (int, float))})
-    mlflow.set_tag("best_student", comparison["best_student"])
-    mlflow.log_artifact(report_path)
+    numbers = {f"{name}.{key}": value for name, row in comparison["models"].items()
+               for key, value in row.items()}
+    numbers |= {f"{method}.gain_{key}": value for method, gain in comparison["gains"].items()
+                for key, value in gain.items()}
+    mlflow.log_metrics({k: float(v) for k, v in numbers.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.set_tags({"best_student": comparison["best_student"],
+                     "choose_by": comparison["choose_by"]})
+    for path in files:
+        mlflow.log_artifact(str(path))
     mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
                                      models=[LoggedModelInput(m) for m in model_ids])
 

@@ -28,14 +28,24 @@ TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
 class TrainData:
     train_x: torch.Tensor  # float (N, 3, 32, 32), normalised, channels_last, on the device
     train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor    # held out of train; empty when data.val_fraction is 0
+    val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+
+    def curve(self) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """What each epoch is evaluated on: the validation split if there is one, else (as in
+        the tutorial) the test split."""
+        if len(self.val_y):
+            return "val_acc", self.val_x, self.val_y
+        return "test_acc", self.test_x, self.test_y
 
 
 @dataclass
 class Trained:
-    history: list[dict]    # per epoch: epoch, train_loss, test_acc, train/eval_seconds
+    history: list[dict]    # per epoch: epoch, train_loss, val_acc or test_acc, seconds
     images_seen: int
+    test_acc: float        # on the test split, once, after the last epoch
 
     @property
     def train_seconds(self) -> float:  # time in training steps, evaluation excluded
@@ -61,6 +71,7 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
     step_fn = torch.compile(model.forward_with_features) if runtime.compile \
         else model.forward_with_features
     history: list[dict] = []
+    curve_name, curve_x, curve_y = data.curve()
     state = checkpoint.load() if checkpoint else None
     if state:
         model.load_state_dict(state["model"])
@@ -97,7 +108,7 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             torch.cuda.synchronize()
         train_done = time.perf_counter()
         record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
-                  "test_acc": accuracy(model, data.test_x, data.test_y, runtime.autocast),
+                  curve_name: accuracy(model, curve_x, curve_y, runtime.autocast),
                   "train_seconds": train_done - start,
                   "eval_seconds": time.perf_counter() - train_done}
         history.append(record)
@@ -109,7 +120,10 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
                 "augment_rng": augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history,
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
-    return Trained(history, len(data.train_y) * len(history))
+    test_acc = history[-1].get("test_acc")
+    if test_acc is None:  # curves used the validation split: the test split is seen once
+        test_acc = accuracy(model, data.test_x, data.test_y, runtime.autocast)
+    return Trained(history, len(data.train_y) * len(history), test_acc)
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:

@@ -1,0 +1,73 @@
+"""The report's figures (PNG): accuracy per model with CI and per-seed points, learning curves,
+and accuracy against inference latency."""
+from __future__ import annotations
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kdpipe.files import write_with  # noqa: E402
+from kdpipe.paths import FIGURES, plot_file  # noqa: E402
+from kdpipe.report import MODELS  # noqa: E402
+
+
+def draw_all(comparison: dict) -> None:
+    for name, draw in (("accuracy", accuracy), ("curves", curves), ("latency", latency)):
+        fig = draw(comparison)
+        write_with(FIGURES[name], lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
+        plt.close(fig)
+
+
+def accuracy(comparison: dict):
+    models = comparison["models"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for x, name in enumerate(MODELS):
+        row = models[name]
+        ax.errorbar(x, row["test_acc"], yerr=row["test_acc_ci95"] or 0, fmt="o", capsize=6,
+                    color="black", zorder=3)
+        per_seed = list(row["test_acc_per_seed"].values())
+        ax.scatter([x + 0.12] * len(per_seed), per_seed, alpha=0.6, s=18)
+    ax.set_xticks(range(len(MODELS)), list(MODELS))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy: mean ± 95% CI (black), each seed (dots)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def curves(comparison: dict):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in MODELS:
+        for i, seed in enumerate(comparison["models"][name]["seeds"]):
+            with open(plot_file(name, seed)) as f:
+                rows = list(csv.DictReader(f))
+            metric = [k for k in rows[0] if k.endswith("_acc")][0]
+            ax.plot([int(r["epoch"]) for r in rows], [float(r[metric]) for r in rows],
+                    color=f"C{list(MODELS).index(name)}", alpha=0.7,
+                    label=name if i == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric.replace('_acc', '')} accuracy (%)")
+    ax.set_title("Learning curves (one line per seed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def latency(comparison: dict):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, row in comparison["models"].items():
+        ax.errorbar(row["inference_ms_batch1"], row["test_acc"], yerr=row["test_acc_ci95"] or 0,
+                    fmt="o", capsize=4)
+        ax.annotate(name, (row["inference_ms_batch1"], row["test_acc"]),
+                    textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("inference latency at batch 1 (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against inference cost")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,41 @@
+"""Statistics across seeds: mean with a t-distribution 95% confidence interval, and paired
+gains (method minus baseline on the same seed) with a paired t-test."""
+from __future__ import annotations
+
+import math
+import statistics
+
+from scipy import stats
+
+ALPHA = 0.05
+
+
+def summarize(values: list[float]) -> dict:
+    """mean, sample std, 95% CI half-width (None with fewer than 2 values)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    ci = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n) if n > 1 else None
+    return {"mean": mean, "std": std, "ci95": ci}
+
+
+def paired_gain(method: list[float], baseline: list[float]) -> dict:
+    """Per-seed differences, their mean and 95% CI, and the two-sided paired t-test p-value
+    (None with fewer than 2 seeds)."""
+    diffs = [m - b for m, b in zip(method, baseline, strict=True)]
+    summary = summarize(diffs)
+    if len(diffs) < 2:
+        p = None
+    elif summary["std"] == 0:  # identical differences: t is infinite (or 0/0 when all zero)
+        p = 1.0 if summary["mean"] == 0 else 0.0
+    else:
+        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return {"diffs": diffs, **summary, "p_value": p}
+
+
+def verdict(gain: dict) -> str:
+    if gain["p_value"] is None:
+        return "one seed: no test"
+    if gain["p_value"] < ALPHA:
+        return "beats the baseline" if gain["mean"] > 0 else "worse than the baseline"
+    return "within noise"

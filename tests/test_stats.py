@@ -1,0 +1,34 @@
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from kdpipe.stats import paired_gain, summarize, verdict
+
+
+def test_summarize_matches_a_hand_computed_t_interval():
+    s = summarize([70.0, 71.0, 72.0])
+    assert s["mean"] == pytest.approx(71.0)
+    assert s["std"] == pytest.approx(1.0)
+    # t(0.975, df=2) = 4.302653; half-width = t * s / sqrt(n)
+    assert s["ci95"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+
+
+def test_one_value_has_no_interval():
+    assert summarize([70.0]) == {"mean": 70.0, "std": 0.0, "ci95": None}
+
+
+def test_paired_gain_is_a_paired_t_test_on_per_seed_differences():
+    method, baseline = [70.5, 71.2, 69.9, 70.8], [70.0, 70.1, 69.5, 70.2]
+    gain = paired_gain(method, baseline)
+    assert gain["diffs"] == pytest.approx([0.5, 1.1, 0.4, 0.6])
+    assert gain["mean"] == pytest.approx(0.65)
+    assert gain["p_value"] == pytest.approx(scipy_stats.ttest_rel(method, baseline).pvalue)
+    assert verdict(gain) == "beats the baseline"
+
+
+def test_verdicts():
+    assert verdict(paired_gain([70.0, 71.0, 69.0], [70.5, 69.5, 70.0])) == "within noise"
+    assert verdict(paired_gain([60.0, 61.0, 60.5], [70.0, 70.2, 70.9])) == "worse than the baseline"
+    assert verdict(paired_gain([71.0], [70.0])) == "one seed: no test"
+    assert paired_gain([71.0, 72.0], [70.0, 71.0])["p_value"] == 0.0  # identical gains
