@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from kdpipe.files import write_with  # noqa: E402
 from kdpipe.paths import FIGURES, plot_file  # noqa: E402
@@ -49,6 +50,7 @@ def curves(comparison: dict):
                     color=f"C{list(MODELS).index(name)}", alpha=0.7,
                     label=name if i == 0 else None)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric.replace('_acc', '')} accuracy (%)")
     ax.set_title("Learning curves (one line per seed)")
     ax.legend()
@@ -65,6 +67,8 @@ def latency(comparison: dict):
         ax.annotate(name, (row["inference_ms_batch1"], row["test_acc"]),
                     textcoords="offset points", xytext=(6, 4))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("inference latency at batch 1 (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy against inference cost")

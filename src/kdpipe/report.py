@@ -60,9 +60,8 @@ def collect(teacher_seed: int, seeds: list[int]) -> dict:
             "best_seed": best_run["seed"]}
 
 
-def _pm(row: dict, key: str) -> str:
-    ci = row.get(f"{key}_ci95")
-    return f"{row[key]:.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
+def _pm(value: float, ci: float | None, sign: str = "") -> str:
+    return f"{value:{sign}.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
 
 
 def markdown(comparison: dict) -> str:
@@ -76,11 +75,12 @@ def markdown(comparison: dict) -> str:
              "| stage wall s |", "|---|" + "---:|" * 4 + "---|" + "---:|" * 6]
     for name, label in MODELS.items():
         row, gain = models[name], gains.get(name)
-        gain_cells = ([_pm(gain, "mean"),
+        gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"),
                        "–" if gain["p_value"] is None else f"{gain['p_value']:.3f}",
                        gain["verdict"]] if gain else ["", "", ""])
         lines.append(" | ".join([
-            f"| **{name}**: {label}", f"{row['num_params']:,.0f}", _pm(row, "test_acc"),
+            f"| **{name}**: {label}", f"{row['num_params']:,.0f}",
+            _pm(row["test_acc"], row["test_acc_ci95"]),
             *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
             f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
             f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"]) + " |")
