@@ -58,6 +58,7 @@ def run_pipeline(repo: Path, args) -> float:
                           limit_test=args.test)
     for section in ("teacher", "student"):
         params[section]["epochs"] = args.epochs
+    params["seeds"] = [params["seed"]]  # one seed per model, as the tutorial
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -115,8 +116,11 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
     print(f"(b) pipeline: dvc repro on {args.train} images, {args.epochs} epochs ...", flush=True)
     ours_total = run_pipeline(repo, args)
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["seed"]
     ours = {name: json.loads((repo / "metrics" / f"{name}.json").read_text())
-            for name in ("prepare", "teacher_targets", *MODELS)}
+            for name in ("prepare", "teacher_targets")}
+    ours |= {name: json.loads((repo / "metrics" / "seeds" / f"{name}-{seed}.json").read_text())
+             for name in MODELS}
     print("(a) tutorial code on the same images ...", flush=True)
     start = time.perf_counter()
     prepared = Prepared(repo / "data" / "prepared")
