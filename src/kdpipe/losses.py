@@ -100,12 +100,8 @@ class HintRegressor(Objective):
         return self.weight * F.mse_loss(self.regressor(features), teacher.features)
 
 
-def build_objective(method: str, distill_cfg=None) -> Objective:
-    """'ce' (plain training) or a distillation method: 'kd', 'cosine', 'hint'."""
-    if method == "ce":
-        return Objective()
+def build_objective(method: str, distill_cfg) -> Objective:
+    """The objective of a distillation method, 'kd', 'cosine' or 'hint', configured from
+    params `distill.<method>` (plain training uses `Objective()`)."""
     classes = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor}
     return classes[method](getattr(distill_cfg, method))
-
-
-METHODS = ("kd", "cosine", "hint")
