@@ -2,6 +2,7 @@
 unreachable tracking server end in one clear line within seconds, writing nothing; a stage
 killed mid-training resumes and ends with the same weights as an uninterrupted run."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from kdpipe.checkpoint import safe_load
 from tests.conftest import ROOT
 from tests.test_data import image_folder, make_archive
+from tests.test_pipeline import edit_params
 from tests.test_safety import closed_port
 
 QUICK = {"data": {"source": "synthetic", "limit_train": 0, "limit_test": 200},
@@ -22,11 +23,10 @@ QUICK = {"data": {"source": "synthetic", "limit_train": 0, "limit_test": 200},
 
 
 def workspace(path: Path, changes: dict) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
+    """A folder holding only the project's params.yaml with `changes` applied."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(ROOT / "params.yaml", path / "params.yaml")
+    edit_params(path, changes)
     return path
 
 
