@@ -30,9 +30,9 @@ def main() -> None:
         objective = build_objective(method, cfg.distill)
     prepared = Prepared(PREPARED_DIR)
     teacher, saved = load_model(model_file("teacher", cfg.seed), runtime.device)
-    source = teacher_source(cfg.data.augment, teacher, runtime.autocast, TARGETS_DIR,
+    source = teacher_source(cfg.data.augment, teacher, saved, runtime.autocast, TARGETS_DIR,
                             objective.needs, runtime.device, prepared.digest)
-    params = {"seed": seed, **section(cfg, "device", "threads", "compile", "student",
+    params = {"seed": seed, **section(cfg, "device", "threads", "student",
                                       f"distill.{method}", "data.augment")}
     spec = ModelSpec(method, seed, "LightNN", cfg.student, params)
     metrics = train_model(spec, cfg, runtime, objective, prepared, source, saved)

@@ -1,5 +1,7 @@
 """Stage `teacher_targets`: one pass of the frozen teacher over the training split, cached
-for the distill stages (logits and last feature map per sample)."""
+for the distill stages (logits and last feature map per sample). With data.augment the
+distill stages run the teacher live on each augmented batch, so there is nothing to compute:
+the stage then writes only the cache's meta.json, in about a second."""
 import time
 
 from kdpipe import tracking
@@ -15,19 +17,26 @@ from kdpipe.targets import compute_targets, save_targets
 
 def main() -> None:
     cfg = load_config()
-    runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
+    if cfg.data.augment:
+        save_targets(TARGETS_DIR, {"data_sha256": prepared.digest, "live_teacher": True})
+        write_json(METRICS_DIR / "teacher_targets.json", {"cached_samples": 0, **stage_cost()})
+        print("data.augment is on: the distill stages run the teacher live on each augmented "
+              "batch; nothing to cache")
+        return
+    runtime = setup(cfg)
     teacher, saved = load_model(model_file("teacher", cfg.seed), runtime.device)
-    params = section(cfg, "device", "threads")
+    params = section(cfg, "device", "threads", "data.augment")
     with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
         start = time.perf_counter()
-        logits, features = compute_targets(teacher, images, runtime.autocast)
-        save_targets(TARGETS_DIR, logits, features, {"data_sha256": prepared.digest,
-                                                     "teacher_run_id": saved["mlflow_run_id"]})
-        metrics = {"images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
+        logits, features = compute_targets(teacher, images)
+        save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
+                                   "teacher_run_id": saved["mlflow_run_id"]}, logits, features)
+        metrics = {"cached_samples": len(logits),
+                   "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
                    "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
         tracking.log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / "teacher_targets.json", metrics)

@@ -21,7 +21,7 @@ def main() -> None:
     cfg = load_config()
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else cfg.seed
     runtime = setup(cfg)
-    params = {"seed": seed, **section(cfg, "device", "threads", "compile", name, "data.augment")}
+    params = {"seed": seed, **section(cfg, "device", "threads", name, "data.augment")}
     spec = ModelSpec(name, seed, ARCH[name], getattr(cfg, name), params)
     metrics = train_model(spec, cfg, runtime, Objective(), Prepared(PREPARED_DIR))
     print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")

@@ -2,8 +2,9 @@
 
 DVC deletes a stage's declared outputs before running it, so checkpoints live in the
 git-ignored CHECKPOINT_DIR, one file per stage. Each carries a key derived from
-everything that determines the result (params, input data, code): a checkpoint whose key does
-not match is ignored, so changed inputs never resume from stale state.
+everything that determines the result (params, input data, the device actually used, code): a
+checkpoint whose key does not match is ignored, so changed inputs never resume from stale state.
+Every tensor is saved on the CPU, so model files and checkpoints load on any machine.
 """
 from __future__ import annotations
 
@@ -43,10 +44,30 @@ def load_model(path: Path, device: torch.device) -> tuple[ConvNet, dict]:
 
 
 def run_key(*parts: Any, files: list[Path] = ()) -> str:
-    """A digest of `parts` (JSON-able: params, data digests) and of the project's code."""
+    """A digest of `parts` (JSON-able: params, data digests), of the project's code and of
+    `files` (the stage's own script)."""
     code = sorted(SRC_DIR.glob("*.py")) + list(files)
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256((text + sha256_files(code)).encode()).hexdigest()
+
+
+def on_cpu(obj: Any) -> Any:
+    """`obj` (nested dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, on_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    """torch.save of `obj` with its tensors on the CPU, written atomically."""
+    write_with(path, lambda tmp: torch.save(on_cpu(obj), tmp))
 
 
 class Checkpoint:
@@ -63,7 +84,7 @@ class Checkpoint:
         return state if state.get("key") == self.key else None
 
     def save(self, state: dict) -> None:
-        write_with(self.path, lambda tmp: torch.save({"key": self.key, **self.extra, **state}, tmp))
+        save_tensors(self.path, {"key": self.key, **self.extra, **state})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -42,9 +42,9 @@ class DataConfig:
     limit_train: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     limit_test: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     augment: bool = False
-    # A held-out part of the training set for per-epoch curves and choosing; 0 = none (as the
-    # tutorial, which reports test accuracy every epoch).
-    val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.0)
+    # A held-out part of the training set for per-epoch curves and every choice; 0 = none (as
+    # the tutorial, which reports test accuracy every epoch and so chooses on test).
+    val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ class Config:
     mlflow: MlflowConfig
     # CPU threads for torch; 0 keeps torch's default (one per core).
     threads: int = rule("an integer >= 0 (0 = torch's default)", lambda v: v >= 0, default=0)
-    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off).
+    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off). A
+    # speed switch: no stage declares it, so flipping it reruns nothing.
     compile: bool = False
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from kdpipe.config import DataConfig
-from kdpipe.errors import DataError
+from kdpipe.errors import ConfigError, DataError
 from kdpipe.files import atomic_path, read_json, sha256_files, write_json
-from kdpipe.sources import SPLITS, Split, balanced_subset, read_source
+from kdpipe.sources import Split, balanced_subset, read_source, take
 
 # The tutorial's normalisation (ImageNet statistics), applied once to the whole split.
 MEAN = (0.485, 0.456, 0.406)
@@ -26,11 +26,8 @@ ARRAYS = [f"{split}_{kind}.npy" for split in PREPARED_SPLITS for kind in ("image
 
 def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
     """Read `cfg.source`, cut the seeded class-balanced subsets, write `out_dir` atomically."""
-    splits, classes = read_source(cfg.source, root, seed)
     limits = {"train": cfg.limit_train, "test": cfg.limit_test}
-    for split in SPLITS:
-        splits[split] = take(splits[split], balanced_subset(splits[split].labels,
-                                                            limits[split], seed))
+    splits, classes = read_source(cfg.source, root, seed, limits)
     splits["train"], splits["val"] = hold_out(splits["train"], cfg.val_fraction, seed)
     with atomic_path(out_dir, is_dir=True) as tmp:
         for split in PREPARED_SPLITS:
@@ -49,13 +46,16 @@ def prepare(cfg: DataConfig, seed: int, root: Path, out_dir: Path) -> dict:
     return summary
 
 
-def take(split: Split, indices: np.ndarray) -> Split:
-    return Split(split.images[indices], split.labels[indices])
-
-
 def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(rest, validation): a seeded, class-balanced `fraction` of `train` held out."""
-    n_val = round(len(train.labels) * fraction)
+    """(rest, validation): a seeded, class-balanced `fraction` of `train` held out. A fraction
+    that leaves either part empty is a config error, not a silent switch to choosing on test."""
+    n = len(train.labels)
+    n_val = round(n * fraction)
+    if fraction > 0 and not 0 < n_val < n:
+        part = "no validation image" if n_val == 0 else "no training image"
+        raise ConfigError(f"data.val_fraction={fraction}: holds out {n_val} of the {n} training "
+                          f"images, leaving {part}; expected 0 (no validation split) or a "
+                          f"fraction between {1 / n:.4g} and {(n - 1) / n:.4g}")
     val = balanced_subset(train.labels, n_val, seed + 1) if n_val else np.array([], dtype=int)
     rest = np.setdiff1d(np.arange(len(train.labels)), val)
     return take(train, rest), take(train, val)

@@ -2,8 +2,6 @@
 and accuracy against inference latency."""
 from __future__ import annotations
 
-import csv
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -11,13 +9,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from kdpipe.files import write_with  # noqa: E402
-from kdpipe.paths import FIGURES, plot_file  # noqa: E402
+from kdpipe.paths import FIGURES  # noqa: E402
 from kdpipe.report import MODELS  # noqa: E402
 
 
-def draw_all(comparison: dict) -> None:
-    for name, draw in (("accuracy", accuracy), ("curves", curves), ("latency", latency)):
-        fig = draw(comparison)
+def draw_all(comparison: dict, runs: dict[str, list[dict]]) -> None:
+    """Write every figure; `runs` are the per-seed records (their curves draw the learning
+    curves)."""
+    figures = {"accuracy": accuracy(comparison), "curves": curves(runs),
+               "latency": latency(comparison)}
+    for name, fig in figures.items():
         write_with(FIGURES[name], lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
 
@@ -39,16 +40,13 @@ def accuracy(comparison: dict):
     return fig
 
 
-def curves(comparison: dict):
+def curves(runs: dict[str, list[dict]]):
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in MODELS:
-        for i, seed in enumerate(comparison["models"][name]["seeds"]):
-            with open(plot_file(name, seed)) as f:
-                rows = list(csv.DictReader(f))
-            metric = [k for k in rows[0] if k.endswith("_acc")][0]
-            ax.plot([int(r["epoch"]) for r in rows], [float(r[metric]) for r in rows],
-                    color=f"C{list(MODELS).index(name)}", alpha=0.7,
-                    label=name if i == 0 else None)
+    for color, name in enumerate(MODELS):
+        for i, run in enumerate(runs[name]):
+            metric, rows = run["curve"], run["history"]
+            ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows],
+                    color=f"C{color}", alpha=0.7, label=name if i == 0 else None)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric.replace('_acc', '')} accuracy (%)")

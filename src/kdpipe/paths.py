@@ -7,6 +7,7 @@ MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORT = Path("reports/comparison.md")
+CHECKED_PARAMS = Path("reports/params.json")
 CHECKPOINT_DIR = Path(".checkpoints")  # git-ignored; DVC does not delete it before a rerun
 FIGURES = {"accuracy": Path("reports/accuracy.png"), "curves": Path("reports/curves.png"),
            "latency": Path("reports/accuracy_vs_latency.png")}

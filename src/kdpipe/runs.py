@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from kdpipe import tracking
-from kdpipe.checkpoint import Checkpoint, run_key
+from kdpipe.checkpoint import Checkpoint, run_key, save_tensors
 from kdpipe.config import Config, TrainConfig, flat
 from kdpipe.data import Prepared, to_device
-from kdpipe.files import write_json, write_text, write_with
+from kdpipe.files import write_json, write_text
 from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
 from kdpipe.models import ConvNet, build_model, count_params
 from kdpipe.paths import PREPARED_DIR, model_file, plot_file, seed_metrics_file
-from kdpipe.runtime import Runtime, environment, stage_cost
-from kdpipe.train import TeacherSource, TrainData, fit
+from kdpipe.runtime import Runtime, environment, seed_everything, stage_cost
+from kdpipe.train import TeacherSource, TrainData, Trained, fit
 
 
 @dataclass
@@ -28,6 +30,10 @@ class ModelSpec:
     arch: str              # DeepNN | LightNN
     train: TrainConfig     # epochs, lr, batch size
     params: dict           # the params sections this stage reads, logged and saved as config
+
+    @property
+    def run_name(self) -> str:  # what the MLflow runs list shows, e.g. kd-43
+        return f"{self.name}-{self.seed}"
 
 
 def load_data(prepared: Prepared, device: torch.device) -> TrainData:
@@ -39,30 +45,31 @@ def load_data(prepared: Prepared, device: torch.device) -> TrainData:
 
 
 def seeded_student(arch: str, seed: int, num_classes: int) -> ConvNet:
-    """Same seed -> same initial weights, whichever method trains the model."""
-    torch.manual_seed(seed)
+    """Same seed -> same initial weights (and dropout masks after), whichever method trains."""
+    seed_everything(seed)
     return build_model(arch, num_classes)
 
 
 def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objective,
                 prepared: Prepared, teacher: TeacherSource | None = None,
                 teacher_saved: dict | None = None) -> dict:
-    """Train one model and write models/<name>-<seed>.pt, metrics/seeds/<name>-<seed>.json and
-    plots/<name>-<seed>.csv.
-    `teacher` supplies teacher outputs per batch; `teacher_saved` is the teacher's saved
-    checkpoint, recorded as this model's lineage."""
+    """Train one model and write models/<name>-<seed>.pt, its record
+    metrics/seeds/<name>-<seed>.json (metrics, curve, MLflow ids: all `compare` reads) and
+    plots/<name>-<seed>.csv. `teacher` supplies teacher outputs per batch; `teacher_saved`
+    is the teacher's saved checkpoint, recorded as this model's lineage."""
     data = load_data(prepared, runtime.device)
     model = seeded_student(spec.arch, spec.seed, len(prepared.classes))
     model = model.to(runtime.device, memory_format=torch.channels_last)
     objective = objective.to(runtime.device)
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
         if teacher_saved else {}
-    key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs, cfg.device,
-                  cfg.threads)
-    checkpoint = Checkpoint(f"{spec.name}-{spec.seed}", key)
+    key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs,
+                  runtime.device.type, torch.get_num_threads(), files=[Path(sys.argv[0])])
+    checkpoint = Checkpoint(spec.run_name, key)
     resumed = checkpoint.load()
     run_id = resumed["mlflow_run_id"] if resumed else None
-    with tracking.stage_run(cfg.mlflow.experiment, spec.name, flat(spec.params), run_id) as run:
+    with tracking.stage_run(cfg.mlflow.experiment, spec.run_name, flat(spec.params),
+                            run_id) as run:
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
             tracking.log_dataset(prepared.summary, PREPARED_DIR)
@@ -71,30 +78,37 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, checkpoint=checkpoint,
                      on_epoch=tracking.log_epoch)
-        model_id = tracking.log_model(model)
-        saved = {"arch": spec.arch, "state_dict": model.state_dict(), "classes": prepared.classes,
-                 "config": spec.params, "data_sha256": prepared.digest, "inputs": inputs,
-                 "mlflow_run_id": run.info.run_id, "mlflow_model_id": model_id}
+        ids = {"mlflow_run_id": run.info.run_id, "mlflow_model_id": tracking.log_model(model)}
         saved_file = model_file(spec.name, spec.seed)
-        write_with(saved_file, lambda tmp: torch.save(saved, tmp))
+        save_tensors(saved_file, {"arch": spec.arch, "state_dict": model.state_dict(),
+                                  "classes": prepared.classes, "config": spec.params,
+                                  "data_sha256": prepared.digest, "inputs": inputs, **ids})
         curve = data.curve()[0]
-        metrics = {
-            "seed": spec.seed,
-            "test_acc": result.test_acc,
-            **({curve: result.history[-1][curve]} if curve != "test_acc" else {}),
-            "num_params": count_params(model),
-            "epochs": len(result.history),
-            "train_seconds": round(result.train_seconds, 2),
-            "eval_seconds": round(result.eval_seconds, 2),
-            "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
-            **inference_cost(model, saved_file, runtime.device, runtime.autocast),
-            **stage_cost(),
-        }
+        metrics = final_metrics(spec, model, result, curve, saved_file, runtime)
         tracking.log_final(metrics, environment(runtime), logged_per_epoch=("train_loss", curve))
-        write_json(seed_metrics_file(spec.name, spec.seed), metrics)
+        record = {**metrics, **ids, "data_sha256": prepared.digest, "curve": curve,
+                  "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
+                              for r in result.history]}
+        write_json(seed_metrics_file(spec.name, spec.seed), record)
         write_text(plot_file(spec.name, spec.seed), history_csv(result.history, curve))
     checkpoint.remove()
     return metrics
+
+
+def final_metrics(spec: ModelSpec, model: ConvNet, result: Trained, curve: str,
+                  saved_file: Path, runtime: Runtime) -> dict:
+    return {
+        "seed": spec.seed,
+        "test_acc": result.test_acc,
+        **({curve: result.history[-1][curve]} if curve != "test_acc" else {}),
+        "num_params": count_params(model),
+        "epochs": len(result.history),
+        "train_seconds": round(result.train_seconds, 2),
+        "eval_seconds": round(result.eval_seconds, 2),
+        "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
+        **inference_cost(model, saved_file, runtime.device, runtime.autocast),
+        **stage_cost(),  # last: the wall time covers everything the stage did before it
+    }
 
 
 def history_csv(history: list[dict], curve: str) -> str:

@@ -1,7 +1,9 @@
 """Where images come from: torchvision's CIFAR-10, a synthetic set, or a local ImageFolder
 (a folder or a .tar.gz holding `train/<class>/*` and `test/<class>/*`).
 
-Each reader returns uint8 images shaped (N, 3, 32, 32), int64 labels and the class names.
+Each reader returns uint8 images shaped (N, 3, 32, 32), int64 labels and the class names, cut
+to a seeded, class-balanced subset when a limit is set. An ImageFolder is decoded only for the
+images the subset keeps: JPEG decoding is most of `prepare`'s time.
 """
 from __future__ import annotations
 
@@ -28,12 +30,21 @@ class Split:
     labels: np.ndarray  # int64 (N,)
 
 
-def read_source(source: str, root: Path, seed: int) -> tuple[dict[str, Split], list[str]]:
+def read_source(source: str, root: Path, seed: int,
+                limits: dict[str, int]) -> tuple[dict[str, Split], list[str]]:
+    """Every split of `source`, each cut to `limits[split]` images (0 = all)."""
+    if source not in ("cifar10", "synthetic"):
+        return read_image_folder(resolve_source_path(source, root), limits, seed)
     if source == "cifar10":
-        return read_torchvision_cifar10(root / "data" / "raw")
-    if source == "synthetic":
-        return make_synthetic(seed), [f"class{k}" for k in range(10)]
-    return read_image_folder(resolve_source_path(source, root))
+        splits, classes = read_torchvision_cifar10(root / "data" / "raw")
+    else:
+        splits, classes = make_synthetic(seed), [f"class{k}" for k in range(10)]
+    return {split: take(data, balanced_subset(data.labels, limits.get(split, 0), seed))
+            for split, data in splits.items()}, classes
+
+
+def take(split: Split, indices: np.ndarray) -> Split:
+    return Split(split.images[indices], split.labels[indices])
 
 
 def resolve_source_path(source: str, root: Path) -> Path:
@@ -82,7 +93,8 @@ def make_synthetic(seed: int) -> dict[str, Split]:
     return splits
 
 
-def read_image_folder(path: Path) -> tuple[dict[str, Split], list[str]]:
+def read_image_folder(path: Path, limits: dict[str, int] | None = None,
+                      seed: int = 0) -> tuple[dict[str, Split], list[str]]:
     files: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     for rel, data in _walk(path):
         parts = _split_path(rel, path)
@@ -100,7 +112,8 @@ def read_image_folder(path: Path) -> tuple[dict[str, Split], list[str]]:
     if sorted(files["test"]) != classes:
         raise DataError(f"{path}: train and test have different classes: "
                         f"train={classes}, test={sorted(files['test'])}")
-    splits = {split: _decode_split(path, split, files[split], classes) for split in SPLITS}
+    splits = {split: _decode_split(path, split, files[split], classes,
+                                   (limits or {}).get(split, 0), seed) for split in SPLITS}
     return splits, classes
 
 
@@ -141,16 +154,19 @@ def _split_path(rel: str, root: Path) -> tuple[str, str, str | None] | None:
     return None
 
 
-def _decode_split(path: Path, split: str, by_class: dict, classes: list[str]) -> Split:
-    images, labels = [], []
+def _decode_split(path: Path, split: str, by_class: dict, classes: list[str], limit: int,
+                  seed: int) -> Split:
+    """Decode the class-balanced subset of `limit` images (all when 0), in class order."""
+    entries, labels = [], []
     for label, cls in enumerate(classes):
-        entries = sorted(by_class[cls])
-        if not entries:
+        names = sorted(by_class[cls])
+        if not names:
             raise DataError(f"{path}: class folder '{split}/{cls}' has no images")
-        for name, data in entries:
-            images.append(_decode(path, f"{split}/{cls}/{name}", data))
-            labels.append(label)
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+        entries += [(f"{split}/{cls}/{name}", data) for name, data in names]
+        labels += [label] * len(names)
+    keep = balanced_subset(np.asarray(labels, dtype=np.int64), limit, seed)
+    images = [_decode(path, *entries[i]) for i in keep]
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64)[keep])
 
 
 def _decode(path: Path, rel: str, data: bytes) -> np.ndarray:

@@ -3,8 +3,10 @@
 The cache holds, per training sample (same order as the prepared train split):
     logits.npy    float32 (N, 10)
     features.npy  float16 (N, 32, 8, 8): the teacher's last feature map
+    meta.json     the prepared data's digest and the teacher's MLflow run id it was made from
 The cosine target (2048 -> 1024 average pool) is derived from the feature map on the fly,
-so each thing is stored once.
+so each thing is stored once. With data.augment the inputs change every epoch, so there is
+nothing to cache: the folder then holds only meta.json, and distillation runs the teacher live.
 
 Why float16 for the feature map: it is 97% of the cache (2048 values a sample vs 10 logits),
 and half precision halves it (205 MB instead of 410 MB for CIFAR-10) and the memory the
@@ -24,31 +26,36 @@ from kdpipe.errors import DataError
 from kdpipe.files import atomic_path, read_json, write_json
 from kdpipe.losses import TeacherOutputs
 from kdpipe.models import ConvNet
+from kdpipe.runtime import exact_fp32
 
 FEATURE_DTYPE = np.float16
 TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
 
 
 @torch.no_grad()
-def compute_targets(teacher: ConvNet, images: torch.Tensor, autocast, batch: int = 1000):
-    """One pass of the frozen teacher: (logits float32, feature maps float32), on the CPU."""
+def compute_targets(teacher: ConvNet, images: torch.Tensor, batch: int = 1000):
+    """One pass of the frozen teacher in full fp32 (no autocast, no TF32: the cache is exact):
+    (logits float32, feature maps float32), on the CPU."""
     teacher.eval()
     logits, features = [], []
-    for start in range(0, len(images), batch):
-        with autocast():
+    with exact_fp32(images.device):
+        for start in range(0, len(images), batch):
             out, fmap = teacher.forward_with_features(images[start:start + batch])
-        logits.append(out.float().cpu())
-        features.append(fmap.float().cpu())
+            logits.append(out.float().cpu())
+            features.append(fmap.float().cpu())
     return torch.cat(logits), torch.cat(features)
 
 
-def save_targets(folder: Path, logits: torch.Tensor, features: torch.Tensor, meta: dict) -> None:
-    """Write the cache atomically; `meta` records what it was computed from."""
-    if features.abs().max() > np.finfo(FEATURE_DTYPE).max:
+def save_targets(folder: Path, meta: dict, logits: torch.Tensor | None = None,
+                 features: torch.Tensor | None = None) -> None:
+    """Write the cache atomically; `meta` records what it was computed from. Without tensors
+    (data.augment) the folder holds only `meta`."""
+    if features is not None and features.abs().max() > np.finfo(FEATURE_DTYPE).max:
         raise ValueError("teacher feature map exceeds the float16 range; store it as float32")
     with atomic_path(folder, is_dir=True) as tmp:
-        np.save(tmp / TARGET_FILES["logits"], logits.numpy().astype(np.float32))
-        np.save(tmp / TARGET_FILES["features"], features.numpy().astype(FEATURE_DTYPE))
+        if logits is not None:
+            np.save(tmp / TARGET_FILES["logits"], logits.numpy().astype(np.float32))
+            np.save(tmp / TARGET_FILES["features"], features.numpy().astype(FEATURE_DTYPE))
         write_json(tmp / "meta.json", meta)
 
 
@@ -56,11 +63,13 @@ class CachedTargets:
     """Looks up cached teacher outputs by sample index; loads only what the objective needs."""
 
     def __init__(self, folder: Path, needs: tuple[str, ...], device: torch.device,
-                 data_sha256: str):
+                 data_sha256: str, teacher_run_id: str):
         meta = read_json(Path(folder) / "meta.json")
-        if meta["data_sha256"] != data_sha256:
-            raise DataError(f"{folder} was computed on other data than data/prepared; "
-                             "run `dvc repro teacher_targets`")
+        for key, expected, what in (("data_sha256", data_sha256, "other data than data/prepared"),
+                                    ("teacher_run_id", teacher_run_id, "another teacher")):
+            if meta.get(key) != expected:
+                raise DataError(f"{folder} was computed from {what} ({key} {meta.get(key)}, "
+                                f"expected {expected}); run `dvc repro teacher_targets`")
         self.tensors = {name: torch.from_numpy(np.load(Path(folder) / TARGET_FILES[name]))
                         .to(device) for name in needs}
 
@@ -83,10 +92,11 @@ class LiveTeacher:
         return TeacherOutputs(logits.float(), features.float())
 
 
-def teacher_source(augment: bool, teacher: ConvNet, autocast, folder: Path,
-                   needs: tuple[str, ...], device: torch.device, data_sha256: str):
+def teacher_source(augment: bool, teacher: ConvNet, teacher_saved: dict, autocast,
+                   folder: Path, needs: tuple[str, ...], device: torch.device,
+                   data_sha256: str):
     """The cache when the teacher's inputs never change; with augmentation the inputs change
     every epoch, so the teacher must see the student's very batch."""
     if augment:
         return LiveTeacher(teacher, autocast)
-    return CachedTargets(folder, needs, device, data_sha256)
+    return CachedTargets(folder, needs, device, data_sha256, teacher_saved["mlflow_run_id"])

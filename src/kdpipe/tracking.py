@@ -19,9 +19,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from kdpipe.errors import TrackingError
 
 TORCHVISION_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -112,15 +109,16 @@ def run_tags(stage: str) -> dict:
 
 
 @contextlib.contextmanager
-def stage_run(experiment: str, stage: str, params: dict, run_id: str | None = None) -> Iterator:
-    """One MLflow run for one stage execution (or the continuation of `run_id` after a
-    resume). A run stopped by Ctrl-C or SIGTERM is marked KILLED, a crash FAILED."""
+def stage_run(experiment: str, name: str, params: dict, run_id: str | None = None) -> Iterator:
+    """One MLflow run, named `name` (e.g. kd-43), for one stage execution (or the continuation
+    of `run_id` after a resume). A run stopped by Ctrl-C or SIGTERM is marked KILLED, a crash
+    FAILED."""
     import mlflow
 
     experiment_id = set_experiment(experiment)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
-                           run_name=None if run_id else stage, tags=run_tags(stage))
+                           run_name=None if run_id else name, tags=run_tags(name))
     try:
         if run_id is None:
             mlflow.log_params(params)
@@ -167,10 +165,12 @@ def log_summary(summary: dict) -> None:
                         for split, counts in summary["counts"].items()})
 
 
-def log_model(model: torch.nn.Module) -> str:
+def log_model(model) -> str:
     """Log `model` (a CPU copy in eval mode) in MLflow's default pt2 format; return its model
     id. The example batch has 2 images: pt2 export freezes every dimension that is 1."""
     import mlflow
+    import numpy as np
+    import torch
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
@@ -212,41 +212,6 @@ def log_comparison(comparison: dict, files: list[Path], model_ids: list[str]) ->
         mlflow.log_artifact(str(path))
     mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
                                      models=[LoggedModelInput(m) for m in model_ids])
-
-
-REGISTERED_MODEL = "kd-student"
-BEST_ALIAS = "best"
-
-
-def register_best_student(method: str, saved: dict, accuracy: float) -> tuple[str, bool]:
-    """Register the most accurate student as a new version of `kd-student` (unless that very
-    model is registered already), tagged with its method, accuracy, data digest and
-    experiment. Alias `best` moves to it if there is no best yet, if the best was trained on
-    other data, or if it beats the best on the same data; the check and the move happen under
-    a lock, so parallel experiments cannot race past each other.
-    Returns (version, whether `best` moved)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    tags = {"method": method, "test_acc": str(accuracy), "data_digest": saved["data_sha256"],
-            "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-            "mlflow_run_id": saved["mlflow_run_id"]}
-    with store_lock():
-        # A model restored from DVC's cache may already be registered: reuse its version.
-        known = client.search_model_versions(
-            f"name = '{REGISTERED_MODEL}' and run_id = '{saved['mlflow_run_id']}'")
-        version = known[0].version if known else mlflow.register_model(
-            f"models:/{saved['mlflow_model_id']}", REGISTERED_MODEL, tags=tags).version
-        try:
-            best = client.get_model_version_by_alias(REGISTERED_MODEL, BEST_ALIAS)
-        except MlflowException:
-            best = None
-        move = (best is None or best.tags.get("data_digest") != saved["data_sha256"]
-                or float(best.tags["test_acc"]) < accuracy)
-        if move:
-            client.set_registered_model_alias(REGISTERED_MODEL, BEST_ALIAS, version)
-    return version, move
 
 
 def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
