@@ -40,3 +40,18 @@ def tiny_data(synthetic) -> TrainData:
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """The project after one quick `dvc repro` (tests.project.QUICK). Shared and read-only:
+    a test that changes anything works on its own `clone(built, tmp_path / ...)`."""
+    from tests.project import QUICK, copy_project, edit_params, sh
+
+    repo = copy_project(tmp_path_factory.mktemp("built"))
+    edit_params(repo, QUICK)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "quick"], repo)
+    (repo / "repro.log").write_text(sh(["dvc", "repro"], repo))
+    sh(["git", "add", "dvc.lock"], repo)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], repo)
+    return repo

@@ -114,7 +114,7 @@ def test_balanced_subset_is_seeded_and_even():
 
 def test_prepare_writes_a_reproducible_prepared_folder(tmp_path):
     make_archive(tmp_path / "set.tar.gz", image_folder(per_class=5))
-    cfg = DataConfig(source="set.tar.gz", limit_train=6, limit_test=0)
+    cfg = DataConfig(source="set.tar.gz", limit_train=6, limit_test=0, val_fraction=0.0)
     first = prepare(cfg, 42, tmp_path, tmp_path / "a")
     second = prepare(cfg, 42, tmp_path, tmp_path / "b")
     assert first["sha256"] == second["sha256"]
@@ -137,6 +137,31 @@ def test_validation_split_is_held_out_of_train_seeded_and_balanced(tmp_path):
     train_rows = {img.tobytes() for img in splits["train"].images}
     assert not any(img.tobytes() in train_rows for img in splits["val"].images)
     assert prepare(cfg, 7, tmp_path, tmp_path / "q")["sha256"] == summary["sha256"]
+
+
+@pytest.mark.parametrize("fraction, problem", [(0.01, "leaving no validation image"),
+                                               (0.99, "leaving no training image")])
+def test_a_validation_fraction_that_empties_a_split_names_the_key(tmp_path, fraction, problem):
+    from kdpipe.errors import ConfigError
+
+    make_archive(tmp_path / "set.tar.gz", image_folder(per_class=10))
+    cfg = DataConfig(source="set.tar.gz", limit_train=0, limit_test=0, val_fraction=fraction)
+    with pytest.raises(ConfigError, match=rf"^data.val_fraction={fraction}: holds out \d+ of "
+                                          rf"the 20 training images, {problem}"):
+        prepare(cfg, 7, tmp_path, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_limit_decodes_only_the_images_it_keeps(tmp_path):
+    entries = image_folder(per_class=10)
+    entries["train/cat/0009.png"] = b"not an image"  # outside the seeded subset of 4 below
+    make_archive(tmp_path / "set.tar.gz", entries)
+    splits, _ = read_image_folder(tmp_path / "set.tar.gz", {"train": 4}, seed=0)
+    full, _ = read_image_folder(make_archive(tmp_path / "ok.tar.gz", image_folder(per_class=10)))
+    keep = balanced_subset(full["train"].labels, 4, seed=0)
+    assert 9 not in keep
+    assert np.array_equal(splits["train"].images, full["train"].images[keep])
+    assert np.array_equal(splits["train"].labels, full["train"].labels[keep])
 
 
 def test_to_device_normalises_with_imagenet_statistics_in_channels_last():

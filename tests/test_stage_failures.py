@@ -1,4 +1,4 @@
-"""Stages run as DVC runs them (a subprocess in a workspace): bad params, bad data and an
+"""Stages run as DVC runs them (through the launcher, in a workspace): bad params, bad data and an
 unreachable tracking server end in one clear line within seconds, writing nothing; a stage
 killed mid-training resumes and ends with the same weights as an uninterrupted run."""
 import os
@@ -14,8 +14,8 @@ import torch
 
 from kdpipe.checkpoint import safe_load
 from tests.conftest import ROOT
+from tests.project import edit_params
 from tests.test_data import image_folder, make_archive
-from tests.test_pipeline import edit_params
 from tests.test_safety import closed_port
 
 QUICK = {"data": {"source": "synthetic", "limit_train": 0, "limit_test": 200},
@@ -33,7 +33,7 @@ def workspace(path: Path, changes: dict) -> Path:
 def stage(ws: Path, *args: str, env_extra: dict | None = None, wait: bool = True):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PYTHONPATH=str(ROOT / "src"), DVC_ROOT=str(ws), **(env_extra or {}))
-    cmd = [sys.executable, str(ROOT / "stages" / args[0]), *args[1:]]
+    cmd = [sys.executable, "-m", "kdpipe.launch", str(ROOT / "stages" / args[0]), *args[1:]]
     if not wait:
         return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
@@ -108,7 +108,7 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     assert not (killed / "models" / "student-42.pt").exists()
     mlflow.set_tracking_uri(f"sqlite:///{killed / 'mlflow.db'}")
     [run] = mlflow.search_runs(experiment_names=["knowledge-distillation"],
-                               filter_string="attributes.run_name = 'student'",
+                               filter_string="attributes.run_name = 'student-42'",
                                output_format="list")
     assert run.info.status == "KILLED"
 
@@ -120,6 +120,6 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     assert final[1]["mlflow_run_id"] == run.info.run_id
     client = mlflow.MlflowClient()
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4]
     assert not checkpoint.exists()

@@ -2,15 +2,16 @@ import pytest
 import torch
 
 from kdpipe.checkpoint import Checkpoint
-from kdpipe.config import KDConfig, TrainConfig
+from kdpipe.config import HintConfig, KDConfig, TrainConfig
 from kdpipe.errors import DivergedError
-from kdpipe.losses import Objective, SoftTargetKD
+from kdpipe.losses import HintRegressor, Objective, SoftTargetKD
 from kdpipe.models import DeepNN, LightNN
 from kdpipe.runs import seeded_student
 from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.train import fit
 
 TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
+META = {"data_sha256": "d", "teacher_run_id": "t"}  # what a cache was computed from
 
 
 def weights(model):
@@ -32,25 +33,50 @@ def test_same_seed_same_weights_and_metrics(tiny_data, cpu):
     assert torch.equal(runs[0], runs[1])
 
 
-def test_students_share_initial_weights_for_a_seed():
-    assert torch.equal(weights(seeded_student("LightNN", 3, 10)),
-                       weights(seeded_student("LightNN", 3, 10)))
+def hint_objective() -> HintRegressor:
+    torch.manual_seed(5)  # the regressor starts the same in every run
+    return HintRegressor(HintConfig(feature_weight=0.5, ce_weight=0.5))
 
 
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp_path):
-    straight = seeded_student("LightNN", 1, 10)
-    fit(straight, Objective(), tiny_data, TWO_EPOCHS, cpu, seed=1)
+def live_teacher(cpu) -> LiveTeacher:
+    torch.manual_seed(6)
+    return LiveTeacher(DeepNN(), cpu.autocast)
 
-    checkpoint = Checkpoint("student", key="k", folder=tmp_path)
-    torch.manual_seed(99)  # the interrupted process's RNG state differs; resume must restore it
-    first = seeded_student("LightNN", 1, 10)
-    fit(first, Objective(), tiny_data, TrainConfig(1, 1e-3, 32), cpu, seed=1, checkpoint=checkpoint)
+
+@pytest.mark.parametrize("case", ["student", "hint, live teacher, augmented"])
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp_path, case):
+    """Model, optimizer, the hint regressor and every RNG (batch order, dropout, augmentation)
+    continue where the interrupted run stopped."""
+    distill = case != "student"
+
+    def run(epochs: int, checkpoint=None):
+        objective = hint_objective() if distill else Objective()
+        teacher = live_teacher(cpu) if distill else None
+        model = seeded_student("LightNN", 1, 10)
+        result = fit(model, objective, tiny_data, TrainConfig(epochs, 1e-3, 32), cpu, seed=1,
+                     teacher=teacher, augment_batches=distill, checkpoint=checkpoint)
+        return model, objective, result
+
+    straight, straight_objective, _ = run(2)
+    checkpoint = Checkpoint("run", key="k", folder=tmp_path)
+    run(1, checkpoint)  # interrupted after its first epoch
     assert checkpoint.load()["history"][0]["epoch"] == 1
-
-    resumed = seeded_student("LightNN", 1, 10)
-    result = fit(resumed, Objective(), tiny_data, TWO_EPOCHS, cpu, seed=1, checkpoint=checkpoint)
+    resumed, resumed_objective, result = run(2, checkpoint)
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert torch.equal(weights(resumed), weights(straight))
+    if distill:
+        assert torch.equal(weights(resumed_objective), weights(straight_objective))
+
+
+def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
+    from kdpipe.checkpoint import on_cpu, safe_load
+
+    model = LightNN()
+    state = on_cpu({"model": model.state_dict(), "nested": [torch.ones(2)]})
+    assert state["model"]._metadata == model.state_dict()._metadata
+    Checkpoint("c", key="k", folder=tmp_path).save(state)
+    loaded = safe_load(tmp_path / "c.pt")
+    assert all(t.device.type == "cpu" for t in loaded["model"].values())
 
 
 def test_checkpoint_with_another_key_is_ignored(tmp_path):
@@ -86,12 +112,12 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
 
     torch.manual_seed(0)
     teacher = DeepNN().eval()
-    logits, features = compute_targets(teacher, tiny_data.train_x, cpu.autocast)
-    save_targets(tmp_path / "targets", logits, features, {"data_sha256": "d"})
+    logits, features = compute_targets(teacher, tiny_data.train_x)
+    save_targets(tmp_path / "targets", META, logits, features)
     distill = DistillConfig(KDConfig(2.0, 0.25, 0.75), CosineConfig(0.25, 0.75),
                             HintConfig(0.25, 0.75))
     objective = build_objective(method, distill)
-    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d")
+    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t")
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
     x, y = tiny_data.train_x[idx], tiny_data.train_y[idx]
@@ -101,21 +127,26 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-4)
 
 
-def test_stale_targets_are_refused(tmp_path):
+def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
     from kdpipe.errors import DataError
 
-    save_targets(tmp_path / "t", torch.zeros(2, 10), torch.zeros(2, 32, 8, 8), {"data_sha256": "a"})
-    with pytest.raises(DataError, match="computed on other data"):
-        CachedTargets(tmp_path / "t", ("logits",), torch.device("cpu"), "b")
+    save_targets(tmp_path / "t", META, torch.zeros(2, 10), torch.zeros(2, 32, 8, 8))
+    cpu = torch.device("cpu")
+    with pytest.raises(DataError, match="other data than data/prepared"):
+        CachedTargets(tmp_path / "t", ("logits",), cpu, "other", "t")
+    with pytest.raises(DataError, match="another teacher .teacher_run_id t, expected u"):
+        CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "u")
+    assert CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "t").tensors["logits"].shape == (
+        2, 10)
 
 
 def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):
     from kdpipe.targets import teacher_source
 
     teacher = DeepNN()
-    save_targets(tmp_path / "t", torch.zeros(200, 10), torch.zeros(200, 32, 8, 8),
-                 {"data_sha256": "d"})
-    args = (teacher, cpu.autocast, tmp_path / "t", ("logits",), cpu.device, "d")
+    save_targets(tmp_path / "t", META, torch.zeros(200, 10), torch.zeros(200, 32, 8, 8))
+    args = (teacher, {"mlflow_run_id": "t"}, cpu.autocast, tmp_path / "t", ("logits",),
+            cpu.device, "d")
     assert isinstance(teacher_source(False, *args), CachedTargets)
     live = teacher_source(True, *args)
     assert isinstance(live, LiveTeacher)

@@ -99,7 +99,8 @@ def connect_or_start(path: Path) -> socket.socket:
             return connect(path)
         except OSError:
             if server.poll() not in (None, 0):
-                raise OSError(f"it exited with {server.returncode}; see {path.with_suffix('.log')}")
+                log = path.with_suffix(".log")
+                raise OSError(f"it exited with {server.returncode}; see {log}") from None
             time.sleep(0.05)
     raise TimeoutError(f"not ready after {START_TIMEOUT:.0f} s")
 

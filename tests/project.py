@@ -1,0 +1,86 @@
+"""A copy of the project to run DVC in: made from the files git would commit, run with this
+interpreter's tools and no outside MLflow or DVC settings."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+# The quick pipeline the integration tests run: tiny synthetic data, one epoch, one seed.
+QUICK = {"data": {"source": "synthetic", "limit_train": 300, "limit_test": 200},
+         "teacher": {"epochs": 1}, "student": {"epochs": 1}, "seeds": [42]}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def sh(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env or clean_env(), capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def copy_project(repo: Path) -> Path:
+    """Copy the project's files into a new git repo at `repo`."""
+    for rel in tracked_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        sh(cmd, repo)
+    return repo
+
+
+def clone(built: Path, dest: Path) -> Path:
+    """A private copy of a built project (git, DVC cache, outputs, MLflow store) to change."""
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+def edit_params(repo: Path, changes: dict) -> None:
+    """Merge `changes` (nested like params.yaml) into the repo's params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+
+    def merge(node: dict, update: dict) -> None:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                merge(node[key], value)
+            else:
+                node[key] = value
+
+    merge(params, changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def stale_stages(repo: Path) -> list[str]:
+    """What `dvc status` says would rerun."""
+    return sorted(json.loads(sh(["dvc", "status", "--json"], repo)))
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+MODELS_PER_SEED = ["student-42", "kd-42", "cosine-42", "hint-42"]  # run names, QUICK's seed

@@ -1,0 +1,26 @@
+"""The paired design: for a seed, every student starts from the same weights and sees the same
+batches, so a method whose own term has weight 0 must train the baseline student bit for bit,
+through the real stages and the cached teacher outputs."""
+import torch
+
+from kdpipe.checkpoint import safe_load
+from tests.project import clone, edit_params, ran_stages, read_json, sh
+
+ZERO = {"kd": {"soft_target_weight": 0, "ce_weight": 1},
+        "cosine": {"hidden_weight": 0, "ce_weight": 1},
+        "hint": {"feature_weight": 0, "ce_weight": 1}}
+
+
+def test_a_zero_weight_method_trains_the_baseline_student_bit_for_bit(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    edit_params(repo, {"distill": ZERO})
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
+        "check_params", "compare", "distill@cosine-42", "distill@hint-42", "distill@kd-42"]
+    baseline = safe_load(repo / "models" / "student-42.pt")["state_dict"]
+    base_record = read_json(repo / "metrics" / "seeds" / "student-42.json")
+    for method in ZERO:
+        state = safe_load(repo / "models" / f"{method}-42.pt")["state_dict"]
+        assert all(torch.equal(state[k], baseline[k]) for k in baseline), method
+        record = read_json(repo / "metrics" / "seeds" / f"{method}-42.json")
+        for key in ("test_acc", "val_acc", "history"):
+            assert record[key] == base_record[key], (method, key)

@@ -1,0 +1,65 @@
+"""The registry's rules: `best` moves on the validation score of the very model registered,
+never on test, never across data; a model restored from DVC's cache keeps its version."""
+import pytest
+
+from kdpipe.registry import REGISTERED_MODEL, data_alias, register_best_student
+
+DATA, OTHER_DATA = "a" * 64, "b" * 64
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # where the store lock lives
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("registry")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def trained(val_acc: float, test_acc: float, data: str = DATA) -> dict:
+    """A student's record as its training stage writes it, with a real run and logged model."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        model = mlflow.initialize_logged_model(name="model")
+    return {"seed": 42, "val_acc": val_acc, "test_acc": test_acc, "data_sha256": data,
+            "mlflow_run_id": run.info.run_id, "mlflow_model_id": model.model_id}
+
+
+def holder(client, alias: str = "best"):
+    return client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+
+
+def test_the_first_model_takes_best_and_records_how_it_was_chosen(client):
+    version, moved = register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    assert moved == [data_alias(DATA), "best"]
+    tags = holder(client).tags
+    assert holder(client).version == version
+    assert (tags["method"], tags["chosen_by"], tags["val_acc"], tags["test_acc"],
+            tags["data_digest"]) == ("kd", "val_acc", "60.0", "58.0", DATA)
+
+
+def test_best_moves_when_better_on_validation_and_stays_when_worse(client):
+    first, _ = register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    worse_on_val, moved = register_best_student("hint", trained(59.0, 70.0), "val_acc")
+    assert moved == [] and holder(client).version == first  # its better test score is ignored
+    better_on_val, moved = register_best_student("cosine", trained(61.0, 50.0), "val_acc")
+    assert moved == [data_alias(DATA), "best"] and holder(client).version == better_on_val
+
+
+def test_a_model_of_other_data_never_takes_best(client):
+    first, _ = register_best_student("kd", trained(40.0, 40.0), "val_acc")
+    other, moved = register_best_student("kd", trained(90.0, 90.0, OTHER_DATA), "val_acc")
+    assert moved == [data_alias(OTHER_DATA)]
+    assert holder(client).version == first
+    assert holder(client, data_alias(OTHER_DATA)).version == other
+
+
+def test_an_already_registered_model_reuses_its_version(client):
+    record = trained(60.0, 58.0)
+    first, _ = register_best_student("kd", record, "val_acc")
+    again, moved = register_best_student("kd", record, "val_acc")
+    assert again == first and moved == []
+    assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL}'")) == 1

@@ -1,0 +1,68 @@
+"""The comparison from per-seed records: aggregates, paired gains, choosing on validation (or
+saying plainly that the test set chose), and the figures."""
+import pytest
+
+from kdpipe.report import COST_KEYS, MODELS, collect, markdown, summary_metrics
+
+SEEDS = [1, 2, 3]
+# per model: (val_acc, test_acc) per seed. kd is best on validation, hint best on test.
+SCORES = {"teacher": [(80.0, 79.0)],
+          "student": [(60.0, 59.0), (61.0, 60.0), (59.0, 58.0)],
+          "kd": [(66.0, 60.0), (64.0, 61.0), (65.0, 59.0)],
+          "cosine": [(58.0, 57.0), (60.0, 59.0), (59.0, 57.0)],
+          "hint": [(62.0, 70.0), (61.0, 71.0), (62.0, 69.0)]}
+
+
+def records(with_val: bool = True) -> dict[str, list[dict]]:
+    runs = {}
+    for name, scores in SCORES.items():
+        seeds = [42] if name == "teacher" else SEEDS
+        runs[name] = []
+        for seed, (val, test) in zip(seeds, scores):
+            curve = "val_acc" if with_val else "test_acc"
+            record = {"seed": seed, "test_acc": test, "curve": curve, "data_sha256": "d",
+                      "mlflow_run_id": f"r-{name}-{seed}", "mlflow_model_id": f"m-{name}",
+                      "history": [{"epoch": 1, "train_loss": 1.0, curve: val if with_val
+                                   else test}], **{k: 1.0 for k in COST_KEYS}}
+            if with_val:
+                record["val_acc"] = val
+            runs[name].append(record)
+    return runs
+
+
+def test_the_best_student_is_chosen_on_validation_and_test_only_reports():
+    comparison = collect(records())
+    assert comparison["choose_by"] == "val_acc"
+    assert comparison["best_student"] == "kd"  # hint is better on test: test does not choose
+    assert comparison["best_seed"] == 1 and comparison["best_run"]["mlflow_run_id"] == "r-kd-1"
+    report = markdown(comparison)
+    assert "Chosen by mean `val_acc`: **kd**" in report and "Chosen on the test set" not in report
+
+
+def test_without_a_validation_split_the_report_says_test_chose():
+    comparison = collect(records(with_val=False))
+    assert comparison["choose_by"] == "test_acc" and comparison["best_student"] == "hint"
+    assert "**Chosen on the test set**" in markdown(comparison)
+
+
+def test_gains_are_paired_per_seed_and_aggregates_per_model():
+    comparison = collect(records())
+    kd_gain = comparison["gains"]["kd"]
+    assert kd_gain["diffs"] == pytest.approx([1.0, 1.0, 1.0])
+    assert kd_gain["p_value"] == 0.0 and kd_gain["verdict"] == "beats the baseline"
+    student = comparison["models"]["student"]
+    assert student["test_acc"] == pytest.approx(59.0) and student["val_acc"] == 60.0
+    assert student["test_acc_per_seed"] == {"1": 59.0, "2": 60.0, "3": 58.0}
+    assert comparison["models"]["kd"]["delta_vs_student"] == pytest.approx(1.0)
+    assert set(summary_metrics(comparison)) == {*MODELS, "best_student_test_acc"}
+
+
+def test_every_figure_is_drawn_from_the_records(tmp_path, monkeypatch):
+    from kdpipe.figures import draw_all
+    from kdpipe.paths import FIGURES
+
+    monkeypatch.chdir(tmp_path)
+    runs = records()
+    draw_all(collect(runs), runs)
+    for path in FIGURES.values():
+        assert (tmp_path / path).read_bytes()[:4] == b"\x89PNG"

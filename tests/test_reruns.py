@@ -1,0 +1,121 @@
+"""A change reruns exactly what it affects. The table below is the spec of which stage reads
+which params key; for every key in params.yaml, changing it makes `dvc status` name exactly
+those stages (check_params declares the whole file, so it is stale for every key)."""
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.project import clean_env, clone, edit_params, ran_stages, sh, stale_stages
+
+TRAINING = ["train_teacher", "train_student@42", "distill@kd-42", "distill@cosine-42",
+            "distill@hint-42"]
+STUDENTS = ["train_student@42", "distill@kd-42", "distill@cosine-42", "distill@hint-42"]
+
+# params key -> (a new valid value, the stages that read it besides check_params)
+READERS = {
+    "seed": (7, ["prepare", "train_teacher", "teacher_targets", "distill@kd-42",
+                 "distill@cosine-42", "distill@hint-42", "compare"]),
+    "seeds": ([42, 43], ["compare", "train_student@43", "distill@kd-43", "distill@cosine-43",
+                         "distill@hint-43"]),
+    "device": ("cpu", [*TRAINING, "teacher_targets"]),
+    "threads": (1, [*TRAINING, "teacher_targets"]),
+    "compile": (True, []),  # a speed switch: changes no result
+    "data.source": ("elsewhere.tar.gz", ["prepare"]),
+    "data.limit_train": (301, ["prepare"]),
+    "data.limit_test": (201, ["prepare"]),
+    "data.augment": (True, [*TRAINING, "teacher_targets"]),
+    "data.val_fraction": (0.2, ["prepare"]),
+    "teacher.epochs": (2, ["train_teacher"]),
+    "teacher.lr": (0.002, ["train_teacher"]),
+    "teacher.batch_size": (64, ["train_teacher"]),
+    "student.epochs": (2, STUDENTS),
+    "student.lr": (0.002, STUDENTS),
+    "student.batch_size": (64, STUDENTS),
+    "distill.kd.temperature": (4.0, ["distill@kd-42"]),
+    "distill.kd.soft_target_weight": (0.5, ["distill@kd-42"]),
+    "distill.kd.ce_weight": (0.5, ["distill@kd-42"]),
+    "distill.cosine.hidden_weight": (0.5, ["distill@cosine-42"]),
+    "distill.cosine.ce_weight": (0.5, ["distill@cosine-42"]),
+    "distill.hint.feature_weight": (0.5, ["distill@hint-42"]),
+    "distill.hint.ce_weight": (0.5, ["distill@hint-42"]),
+    "mlflow.experiment": ("another-experiment", []),  # where runs are recorded, not results
+}
+
+
+def leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys += leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return keys
+
+
+def nested(dotted: str, value) -> dict:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def test_the_table_covers_every_key_of_params_yaml():
+    assert sorted(leaf_keys(yaml.safe_load((ROOT / "params.yaml").read_text()))) == \
+        sorted(READERS)
+
+
+def test_each_key_makes_exactly_its_readers_stale(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    original = (repo / "params.yaml").read_text()
+    wrong = {}
+    for key, (value, readers) in READERS.items():
+        edit_params(repo, nested(key, value))
+        stale = stale_stages(repo)
+        if stale != sorted(["check_params", *readers]):
+            wrong[key] = stale
+        (repo / "params.yaml").write_text(original)
+    assert wrong == {}, "keys whose stale stages differ from the table"
+
+
+def test_stray_and_temp_files_rerun_nothing(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    (repo / "models" / "student-99.pt").write_bytes(b"an old seed's model")
+    (repo / "plots" / "notes.csv").write_text("epoch\n1\n")
+    tmp = repo / "metrics" / "seeds" / ".kd-42.json.tmp-x1y2"  # a killed atomic write
+    tmp.mkdir()
+    (tmp / "kd-42.json").write_text("{")
+    assert stale_stages(repo) == []
+
+
+def test_a_method_param_reruns_only_that_method_then_a_seed_only_its_students(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    edit_params(repo, {"distill": {"kd": {"temperature": 4}}})
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["check_params", "distill@kd-42",
+                                                      "compare"]
+    edit_params(repo, {"seeds": [42, 43]})
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
+        "check_params", "compare", "distill@cosine-43", "distill@hint-43", "distill@kd-43",
+        "train_student@43"]
+    kd = (repo / "metrics" / "kd.json").read_text()
+    assert '"43"' in kd and "test_acc_ci95" in kd
+    assert "paired t-test p =" in (repo / "reports" / "comparison.md").read_text()
+
+
+def test_a_code_change_reruns_the_stages_that_import_it(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    with open(repo / "src" / "kdpipe" / "report.py", "a") as f:
+        f.write("\n# a report-only change\n")
+    with open(repo / "stages" / "distill.py", "a") as f:
+        f.write("\n# a distill-only change\n")
+    assert stale_stages(repo) == ["compare", "distill@cosine-42", "distill@hint-42",
+                                  "distill@kd-42"]
+
+
+@pytest.mark.parametrize("typo", [{"distill": {"methds": ["kd"]}}, {"data": {"augmnt": True}}])
+def test_a_key_no_stage_reads_is_still_validated(built, tmp_path, typo):
+    repo = clone(built, tmp_path / "repo")
+    edit_params(repo, typo)
+    done = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True,
+                          env=clean_env())
+    assert done.returncode != 0
+    assert ran_stages(done.stdout) == ["check_params"]
+    key = "distill.methds" if "distill" in typo else "data.augmnt"
+    assert f"error: {key}: unknown key" in done.stderr + done.stdout
