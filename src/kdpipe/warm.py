@@ -41,7 +41,8 @@ def preload() -> None:
 
     matplotlib.use("Agg")  # as kdpipe.figures: files only, no display
     for name in PRELOAD:
-        importlib.import_module(name)
+        with contextlib.suppress(ImportError):  # a stage that needs it imports it, and fails
+            importlib.import_module(name)
     # MLflow scans every installed package's metadata (~1 s) the first time it logs a model,
     # to warn about requirement mismatches; do it once here for every stage.
     with contextlib.suppress(Exception):
