@@ -22,7 +22,7 @@ def main() -> None:
     draw_all(comparison, runs)
     best, chosen_by = comparison["best_student"], comparison["choose_by"]
     with tracking.stage_run(cfg.mlflow.experiment, "compare",
-                            {"seeds": ",".join(map(str, cfg.seeds))}):
+                            {"seeds": ",".join(map(str, cfg.seeds))}) as run:
         tracking.log_comparison(comparison, [REPORT, *FIGURES.values()],
                                 [r["mlflow_model_id"] for rs in runs.values() for r in rs])
         version, moved = registry.register_best_student(best, comparison["best_run"], chosen_by)
@@ -31,6 +31,10 @@ def main() -> None:
         "or were trained on other data)"
     print(f"registered {best} (seed {comparison['best_seed']}, chosen by {chosen_by}) as "
           f"{registry.REGISTERED_MODEL} version {version}; aliases moved to it: {aliases}")
+    print(f"MLflow runs: {tracking.runs_page(run.info.experiment_id)}")
+    if not tracking.tracking_uri().startswith(("http://", "https://")):
+        print(f"  (start the UI first: mlflow ui --backend-store-uri "
+              f"sqlite:///{tracking.repo_root() / 'mlflow.db'})")
 
 
 if __name__ == "__main__":

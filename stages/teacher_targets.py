@@ -11,6 +11,7 @@ from kdpipe.config import load_config, section
 from kdpipe.data import Prepared, to_device
 from kdpipe.files import folder_mb, write_json
 from kdpipe.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
+from kdpipe.progress import clock, say
 from kdpipe.runtime import environment, setup, stage_cost
 from kdpipe.targets import compute_targets, save_targets
 
@@ -31,6 +32,7 @@ def main() -> None:
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
+        say(f"teacher pass over {len(images):,} training images")
         start = time.perf_counter()
         logits, features = compute_targets(teacher, images)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
@@ -40,7 +42,8 @@ def main() -> None:
                    "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
         tracking.log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / "teacher_targets.json", metrics)
-    print(f"teacher targets: {len(logits)} samples -> {TARGETS_DIR}")
+    say(f"teacher targets: {len(logits):,} samples in {clock(time.perf_counter() - start)} "
+        f"-> {TARGETS_DIR}")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,14 @@ def random_images(n: int, seed: int = 0) -> np.ndarray:
 def built(tmp_path_factory) -> Path:
     """The project after one quick `dvc repro` (tests.project.QUICK). Shared and read-only:
     a test that changes anything works on its own `clone(built, tmp_path / ...)`."""
-    from tests.project import QUICK, copy_project, edit_params, sh
+    from tests.project import QUICK, clean_env, copy_project, edit_params, sh
 
     repo = copy_project(tmp_path_factory.mktemp("built"))
     edit_params(repo, QUICK)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "quick"], repo)
-    (repo / "repro.log").write_text(sh(["dvc", "repro"], repo))
+    # Sample system metrics often: the quick run's stages last about a second each.
+    env = {**clean_env(), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    (repo / "repro.log").write_text(sh(["dvc", "repro"], repo, env))
     sh(["git", "add", "dvc.lock"], repo)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], repo)
     return repo

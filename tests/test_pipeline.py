@@ -37,8 +37,10 @@ def test_repro_runs_every_stage_and_writes_every_output(built):
         metrics = read_json(built / "metrics" / f"{name}.json")
         assert metrics["test_acc"] == run["test_acc"] and metrics["test_acc_ci95"] is None
         assert metrics["test_acc_per_seed"] == {"42": run["test_acc"]}
-        assert (built / "plots" / f"{name}-42.csv").read_text().startswith(
-            "epoch,train_loss,val_acc")
+        assert (built / "plots" / "loss" / f"{name}-42.csv").read_text().startswith(
+            "epoch,train_loss\n1,")
+        assert (built / "plots" / "accuracy" / f"{name}-42.csv").read_text() == \
+            f"epoch,accuracy\n1,{run['val_acc']}\n"
     for figure in ("accuracy", "curves", "accuracy_vs_latency"):
         assert (built / "reports" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     comparison = read_json(built / "metrics" / "comparison.json")
@@ -91,6 +93,30 @@ def test_mlflow_has_one_finished_run_per_stage_with_lineage(built):
     record = read_json(built / "metrics" / "seeds" / "kd-42.json")
     assert record["mlflow_run_id"] == kd.info.run_id
     assert record["mlflow_model_id"] == kd.outputs.model_outputs[0].model_id
+
+
+def test_training_runs_record_system_metrics(built):
+    client = mlflow_client(built)
+    experiment = client.get_experiment_by_name("knowledge-distillation")
+    [run] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'teacher-42'")
+    system = {key for key in run.data.metrics if key.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+
+
+def test_compare_prints_the_link_to_the_runs_page(built):
+    experiment = mlflow_client(built).get_experiment_by_name("knowledge-distillation")
+    assert (f"MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+            "?workflowType=machine_learning") in (built / "repro.log").read_text()
+
+
+def test_dvc_plots_draw_loss_and_accuracy_for_every_model_and_seed(built):
+    from tests.project import sh
+
+    shown = json.loads(sh(["dvc", "plots", "show", "--json"], built))
+    assert not shown.get("errors")
+    for plot in ("plots/loss", "plots/accuracy"):
+        files = {name.split("/")[-1] for name in shown["data"] if name.startswith(plot + "/")}
+        assert files == {f"{m}-42.csv" for m in MODELS}, plot
 
 
 def test_logged_student_model_loads_and_predicts_a_batch(built):

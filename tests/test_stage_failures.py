@@ -2,6 +2,7 @@
 unreachable tracking server end in one clear line within seconds, writing nothing; a stage
 killed mid-training resumes and ends with the same weights as an uninterrupted run."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,3 +124,48 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4]
     assert not checkpoint.exists()
+
+
+PROGRESS_LINE = (r"^student-42  epoch (\d)/3  loss \d+\.\d{3}  val_acc \d+\.\d%  [\d,]+ img/s  "
+                 r"\d+:\d\d elapsed  \d+:\d\d left$")
+
+
+def test_a_stage_in_a_log_prints_one_progress_line_per_epoch_and_no_bar(tmp_path):
+    ws = workspace(tmp_path, {**QUICK, "student": {"epochs": 3, "batch_size": 64}})
+    assert stage(ws, "prepare.py").returncode == 0
+    done = stage(ws, "train.py", "student", "42")
+    assert done.returncode == 0
+    epochs = [re.match(PROGRESS_LINE, line) for line in done.stdout.splitlines()]
+    assert [m.group(1) for m in epochs if m] == ["1", "2", "3"], done.stdout
+    assert "\r" not in done.stdout + done.stderr and "it/s" not in done.stderr
+
+
+def test_a_stage_on_a_terminal_also_shows_a_bar(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    ws = workspace(tmp_path, {**QUICK, "student": {"epochs": 2, "batch_size": 8}})
+    assert stage(ws, "prepare.py").returncode == 0
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PYTHONPATH=str(ROOT / "src"), DVC_ROOT=str(ws))
+    proc = subprocess.Popen([sys.executable, "-m", "kdpipe.launch",
+                             str(ROOT / "stages" / "train.py"), "student", "42"],
+                            cwd=ws, env=env, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed: the stage is done
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(timeout=300) == 0
+    text = shown.decode(errors="replace")
+    assert "student-42 epoch 1/2" in text and "\r" in text  # tqdm's bar, redrawn in place
+    assert re.search(r"student-42  epoch 2/2  loss", text)

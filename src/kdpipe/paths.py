@@ -22,5 +22,7 @@ def seed_metrics_file(name: str, seed: int) -> Path:
     return METRICS_DIR / "seeds" / f"{name}-{seed}.json"
 
 
-def plot_file(name: str, seed: int) -> Path:
-    return PLOTS_DIR / f"{name}-{seed}.csv"
+def plot_files(name: str, seed: int) -> dict[str, Path]:
+    """One run's per-epoch curves, one CSV per curve (DVC draws one plot per file): the folder
+    is the plot (`plots:` in dvc.yaml), each file a line in it."""
+    return {curve: PLOTS_DIR / curve / f"{name}-{seed}.csv" for curve in ("loss", "accuracy")}

@@ -18,7 +18,7 @@ from kdpipe.files import write_json, write_text
 from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
 from kdpipe.models import ConvNet, build_model, count_params
-from kdpipe.paths import PREPARED_DIR, model_file, plot_file, seed_metrics_file
+from kdpipe.paths import PREPARED_DIR, model_file, plot_files, seed_metrics_file
 from kdpipe.runtime import Runtime, environment, seed_everything, stage_cost
 from kdpipe.train import TeacherSource, TrainData, Trained, fit
 
@@ -55,8 +55,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                 teacher_saved: dict | None = None) -> dict:
     """Train one model and write models/<name>-<seed>.pt, its record
     metrics/seeds/<name>-<seed>.json (metrics, curve, MLflow ids: all `compare` reads) and
-    plots/<name>-<seed>.csv. `teacher` supplies teacher outputs per batch; `teacher_saved`
-    is the teacher's saved checkpoint, recorded as this model's lineage."""
+    plots/{loss,accuracy}/<name>-<seed>.csv. `teacher` supplies teacher outputs per batch;
+    `teacher_saved` is the teacher's saved checkpoint, recorded as this model's lineage."""
     data = load_data(prepared, runtime.device)
     model = seeded_student(spec.arch, spec.seed, len(prepared.classes))
     model = model.to(runtime.device, memory_format=torch.channels_last)
@@ -77,7 +77,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                 tracking.link_teacher(teacher_saved)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, checkpoint=checkpoint,
-                     on_epoch=tracking.log_epoch)
+                     on_epoch=tracking.log_epoch, label=spec.run_name)
         ids = {"mlflow_run_id": run.info.run_id, "mlflow_model_id": tracking.log_model(model)}
         saved_file = model_file(spec.name, spec.seed)
         save_tensors(saved_file, {"arch": spec.arch, "state_dict": model.state_dict(),
@@ -90,7 +90,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
                               for r in result.history]}
         write_json(seed_metrics_file(spec.name, spec.seed), record)
-        write_text(plot_file(spec.name, spec.seed), history_csv(result.history, curve))
+        write_curves(plot_files(spec.name, spec.seed), result.history, curve)
     checkpoint.remove()
     return metrics
 
@@ -111,10 +111,14 @@ def final_metrics(spec: ModelSpec, model: ConvNet, result: Trained, curve: str,
     }
 
 
-def history_csv(history: list[dict], curve: str) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["epoch", "train_loss", curve],
-                            extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return out.getvalue()
+def write_curves(files: dict[str, Path], history: list[dict], curve: str) -> None:
+    """plots/loss/*.csv (epoch, train_loss) and plots/accuracy/*.csv (epoch, accuracy: on the
+    validation split, or on test without one, as `curve` says)."""
+    columns = {"loss": ("train_loss", "train_loss"), "accuracy": (curve, "accuracy")}
+    for kind, path in files.items():
+        key, header = columns[kind]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["epoch", header])
+        writer.writerows([r["epoch"], r[key]] for r in history)
+        write_text(path, out.getvalue())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from kdpipe.errors import DataError
+from kdpipe.progress import bar, clock, say
 
 SPLITS = ("train", "test")
 IMAGE_SIZE = 32
@@ -95,6 +97,7 @@ def make_synthetic(seed: int) -> dict[str, Split]:
 
 def read_image_folder(path: Path, limits: dict[str, int] | None = None,
                       seed: int = 0) -> tuple[dict[str, Split], list[str]]:
+    say(f"reading {path}")
     files: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     for rel, data in _walk(path):
         parts = _split_path(rel, path)
@@ -165,7 +168,13 @@ def _decode_split(path: Path, split: str, by_class: dict, classes: list[str], li
         entries += [(f"{split}/{cls}/{name}", data) for name, data in names]
         labels += [label] * len(names)
     keep = balanced_subset(np.asarray(labels, dtype=np.int64), limit, seed)
-    images = [_decode(path, *entries[i]) for i in keep]
+    start, images = time.perf_counter(), []
+    steps = bar(len(keep), f"decoding {split}", "img")
+    for i in keep:
+        images.append(_decode(path, *entries[i]))
+        steps.update()
+    steps.close()
+    say(f"decoded {split}: {len(keep):,} images in {clock(time.perf_counter() - start)}")
     return Split(np.stack(images), np.asarray(labels, dtype=np.int64)[keep])
 
 

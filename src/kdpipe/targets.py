@@ -26,6 +26,7 @@ from kdpipe.errors import DataError
 from kdpipe.files import atomic_path, read_json, write_json
 from kdpipe.losses import TeacherOutputs
 from kdpipe.models import ConvNet
+from kdpipe.progress import bar
 from kdpipe.runtime import exact_fp32
 
 FEATURE_DTYPE = np.float16
@@ -38,11 +39,14 @@ def compute_targets(teacher: ConvNet, images: torch.Tensor, batch: int = 1000):
     (logits float32, feature maps float32), on the CPU."""
     teacher.eval()
     logits, features = [], []
+    steps = bar(len(images), "teacher pass", "img")
     with exact_fp32(images.device):
         for start in range(0, len(images), batch):
             out, fmap = teacher.forward_with_features(images[start:start + batch])
             logits.append(out.float().cpu())
             features.append(fmap.float().cpu())
+            steps.update(len(out))
+    steps.close()
     return torch.cat(logits), torch.cat(features)
 
 

@@ -19,6 +19,7 @@ from kdpipe.errors import DivergedError
 from kdpipe.evaluate import accuracy
 from kdpipe.losses import Objective, TeacherOutputs
 from kdpipe.models import ConvNet
+from kdpipe.progress import EpochProgress, NoBar, say
 from kdpipe.runtime import Runtime
 
 TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
@@ -59,11 +60,13 @@ class Trained:
 def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
         runtime: Runtime, seed: int, *, teacher: TeacherSource | None = None,
         augment_batches: bool = False, checkpoint: Checkpoint | None = None,
-        on_epoch: Callable[[dict], None] = lambda record: None) -> Trained:
+        on_epoch: Callable[[dict], None] = lambda record: None,
+        label: str | None = None) -> Trained:
     """Train `model` in place with Adam for `cfg.epochs` epochs, evaluating after each.
 
     Batch order depends only on `seed`, so every student sees the same batches. With a
-    checkpoint, each finished epoch is saved and a rerun resumes after the last one."""
+    checkpoint, each finished epoch is saved and a rerun resumes after the last one. With a
+    `label` (e.g. kd-43), progress is shown: a line per epoch, a bar on a terminal."""
     device = runtime.device
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=cfg.lr)
     order_rng = torch.Generator().manual_seed(seed)  # on CPU: same order on every device
@@ -78,14 +81,17 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
     if state:
         restore(state, model, objective, optimizer, order_rng, augment_rng, device)
         history = state["history"]
-        print(f"resuming after epoch {len(history)} of {cfg.epochs} from {checkpoint.path}",
-              flush=True)
+        say(f"{label or 'model'}: resuming after epoch {len(history)} of {cfg.epochs} from "
+            f"{checkpoint.path}")
+    progress = EpochProgress(label, cfg.epochs, curve_name, len(history) + 1) if label else None
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         objective.train()
         start = time.perf_counter()
         losses = []
-        for idx in batch_order(len(data.train_y), cfg.batch_size, order_rng):
+        batches = batch_order(len(data.train_y), cfg.batch_size, order_rng)
+        steps = progress.steps(epoch, len(batches)) if progress else NoBar()
+        for idx in batches:
             idx = idx.to(device, non_blocking=True)
             x, y = data.train_x[idx], data.train_y[idx]
             if augment_batches:
@@ -101,6 +107,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             losses.append(loss.detach())
             if len(losses) % FINITE_CHECK_EVERY == 0:
                 check_finite(losses, epoch, cfg.lr)
+            steps.update()
+        steps.close()
         check_finite(losses, epoch, cfg.lr)  # also waits for the GPU: the epoch's time is real
         train_done = time.perf_counter()
         record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
@@ -109,6 +117,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
                   "eval_seconds": time.perf_counter() - train_done}
         history.append(record)
         on_epoch(record)  # before the checkpoint: a resumed run never misses an epoch's log
+        if progress:
+            progress.epoch_done(record, len(data.train_y))
         if checkpoint:
             checkpoint.save(snapshot(model, objective, optimizer, order_rng, augment_rng,
                                      device) | {"history": history})
