@@ -83,8 +83,9 @@ def test_mlflow_has_one_finished_run_per_stage_with_lineage(built):
     kd = by_name["kd-42"]
     assert kd.data.tags["dvc.stage"] == "distill@kd-42"
     assert kd.data.params["distill.kd.temperature"] == "2.0" and kd.data.params["seed"] == "42"
-    assert [m.step for m in client.get_metric_history(kd.info.run_id, "val_acc")] == [1]
-    assert kd.data.metrics["num_params"] == 267_738
+    assert [m.step for m in client.get_metric_history(kd.info.run_id, "epoch/val_acc")] == [1]
+    assert kd.data.metrics["stage/num_params"] == 267_738
+    assert kd.data.metrics["test_acc"] == read_json(built / "metrics/seeds/kd-42.json")["test_acc"]
     assert kd.inputs.dataset_inputs[0].dataset.name == "synthetic"
     teacher_model = by_name["teacher-42"].outputs.model_outputs[0].model_id
     kd_inputs = client.get_run(kd.info.run_id).inputs  # search_runs omits model inputs
@@ -181,7 +182,7 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
             runs = json.load(response)["runs"]
         assert [r["info"]["run_name"] for r in runs] == ["kd-42"]
         metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
-        assert {"test_acc", "val_acc", "train_loss", "num_params"} <= metrics
+        assert {"test_acc", "epoch/val_acc", "epoch/train_loss", "stage/num_params"} <= metrics
     finally:
         server.terminate()
         server.wait(timeout=30)

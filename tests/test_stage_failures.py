@@ -121,7 +121,7 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     assert final[1]["mlflow_run_id"] == run.info.run_id
     client = mlflow.MlflowClient()
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4]
     assert not checkpoint.exists()
 

@@ -85,7 +85,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                   "data_sha256": prepared.digest, "inputs": inputs, **ids})
         curve = data.curve()[0]
         metrics = final_metrics(spec, model, result, curve, saved_file, runtime)
-        tracking.log_final(metrics, environment(runtime), logged_per_epoch=("train_loss", curve))
+        tracking.log_final(metrics, environment(runtime))
         record = {**metrics, **ids, "data_sha256": prepared.digest, "curve": curve,
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
                               for r in result.history]}

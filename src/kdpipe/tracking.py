@@ -168,21 +168,28 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# MLflow metric names are grouped by prefix, which the UI's chart view shows as sections,
+# sorted, before the unprefixed "Model metrics": `epoch/` (the per-epoch learning curves, so
+# they come first), `stage/` (a stage's costs and counts), `summary/` (the compare run's
+# aggregates). The one number measured once per model, `test_acc`, keeps its plain name.
 EPOCH_METRICS = ("train_loss", "val_acc", "test_acc")  # logged per epoch, step = epoch
 
 
 def log_epoch(record: dict) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: record[k] for k in EPOCH_METRICS if k in record}, step=record["epoch"])
+    mlflow.log_metrics({f"epoch/{k}": record[k] for k in EPOCH_METRICS if k in record},
+                       step=record["epoch"])
 
 
-def log_final(metrics: dict, env: dict, logged_per_epoch: tuple[str, ...] = ()) -> None:
-    """The metrics file's values, and the machine they were measured on. Metrics logged per
-    epoch are not logged again: their last epoch already is the final value."""
+def log_final(metrics: dict, env: dict) -> None:
+    """A stage's metrics file (per-epoch values are already logged, under `epoch/`), and the
+    machine they were measured on."""
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in logged_per_epoch})
+    final = {k: v for k, v in metrics.items()
+             if k == "test_acc" or k not in (*EPOCH_METRICS, "seed")}  # seed: a param
+    mlflow.log_metrics({k if k == "test_acc" else f"stage/{k}": float(v) for k, v in final.items()})
     mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
 
 
@@ -190,7 +197,7 @@ def log_summary(summary: dict) -> None:
     import mlflow
 
     mlflow.log_dict(summary, "data_summary.json")
-    mlflow.log_metrics({f"{split}_images": sum(counts.values())
+    mlflow.log_metrics({f"stage/{split}_images": sum(counts.values())
                         for split, counts in summary["counts"].items()})
 
 
@@ -224,15 +231,15 @@ def link_teacher(saved_teacher: dict) -> None:
 
 
 def log_comparison(comparison: dict, files: list[Path], model_ids: list[str]) -> None:
-    """The compare run: every model's metrics (as `<model>.<metric>`), each method's gain, the
-    report and its figures, and the compared models as inputs."""
+    """The compare run: every model's metrics (as `summary/<model>.<metric>`), each method's gain,
+    the report and its figures, and the compared models as inputs."""
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    numbers = {f"{name}.{key}": value for name, row in comparison["models"].items()
+    numbers = {f"summary/{name}.{key}": value for name, row in comparison["models"].items()
                for key, value in row.items()}
-    numbers |= {f"{method}.gain_{key}": value for method, gain in comparison["gains"].items()
-                for key, value in gain.items()}
+    numbers |= {f"summary/{method}.gain_{key}": value
+                for method, gain in comparison["gains"].items() for key, value in gain.items()}
     mlflow.log_metrics({k: float(v) for k, v in numbers.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     mlflow.set_tags({"best_student": comparison["best_student"],
