@@ -68,8 +68,10 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     checkpoint = Checkpoint(spec.run_name, key)
     resumed = checkpoint.load()
     run_id = resumed["mlflow_run_id"] if resumed else None
-    with tracking.stage_run(cfg.mlflow.experiment, spec.run_name, flat(spec.params),
-                            run_id) as run:
+    # Tag `model` (teacher, student, kd, ...): "Group by" it in the UI to see each model's
+    # curves over its seeds as one line with a band.
+    with tracking.stage_run(cfg.mlflow.experiment, spec.run_name, flat(spec.params), run_id,
+                            tags={"model": spec.name}) as run:
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
             tracking.log_dataset(prepared.summary, PREPARED_DIR)

@@ -110,10 +110,11 @@ def run_tags(stage: str) -> dict:
 
 
 @contextlib.contextmanager
-def stage_run(experiment: str, name: str, params: dict, run_id: str | None = None) -> Iterator:
+def stage_run(experiment: str, name: str, params: dict, run_id: str | None = None,
+              tags: dict | None = None) -> Iterator:
     """One MLflow run, named `name` (e.g. kd-43), for one stage execution (or the continuation
-    of `run_id` after a resume). A run stopped by Ctrl-C or SIGTERM is marked KILLED, a crash
-    FAILED."""
+    of `run_id` after a resume), with `tags` beside the standard ones. A run stopped by Ctrl-C
+    or SIGTERM is marked KILLED, a crash FAILED."""
     import mlflow
 
     experiment_id = set_experiment(experiment)
@@ -121,7 +122,8 @@ def stage_run(experiment: str, name: str, params: dict, run_id: str | None = Non
     if SAMPLING_INTERVAL_VAR not in os.environ:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
-                           run_name=None if run_id else name, tags=run_tags(name),
+                           run_name=None if run_id else name,
+                           tags={**run_tags(name), **(tags or {})},
                            log_system_metrics=system_metrics_enabled())
     try:
         if run_id is None:
