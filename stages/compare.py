@@ -1,7 +1,8 @@
-"""Stage `compare`: every model over its seeds -> metrics/<model>.json (mean, std, CI, per-seed
-values, costs), metrics/comparison.json, reports/comparison.md and its figures, all also
-logged to an MLflow run; registers the chosen student. Reads only the per-seed records of the
-current seeds (metrics/seeds/<model>-<seed>.json): they hold the curves and MLflow ids too."""
+"""Stage `compare`: every model over its seeds -> metrics/models.json (per model: mean, std,
+CI, per-seed values, costs), metrics/comparison.json, reports/comparison.md and its figures,
+all also logged to an MLflow run; registers the chosen student. Reads only the per-seed records
+of the current seeds and methods (metrics/seeds/<model>-<seed>.json): they hold the curves and
+MLflow ids too."""
 from kdpipe import registry, tracking
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config
@@ -13,10 +14,9 @@ from kdpipe.report import collect, markdown, read_runs, summary_metrics
 
 def main() -> None:
     cfg = load_config()
-    runs = read_runs(cfg.seed, cfg.seeds)
+    runs = read_runs(cfg.seed, cfg.seeds, cfg.distill.methods)
     comparison = collect(runs)
-    for name, row in comparison["models"].items():
-        write_json(METRICS_DIR / f"{name}.json", row)
+    write_json(METRICS_DIR / "models.json", comparison["models"])
     write_json(METRICS_DIR / "comparison.json", summary_metrics(comparison))
     write_text(REPORT, markdown(comparison))
     draw_all(comparison, runs)

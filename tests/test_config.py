@@ -35,6 +35,8 @@ def test_committed_params_reproduce_the_tutorial():
     kd = cfg.distill.kd
     assert (kd.temperature, kd.soft_target_weight, kd.ce_weight) == (2.0, 0.25, 0.75)
     assert cfg.data.augment is False
+    assert cfg.distill.methods == ["kd", "cosine", "hint"]
+    assert (cfg.student.schedule, cfg.student.warmup_epochs) == ("constant", 0)
 
 
 def test_an_integer_is_valid_where_a_float_is_expected(tmp_path):
@@ -62,12 +64,30 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("data.augment", "yes", "true or false"),
     ("data.limit_train", -5, "an integer >= 0"),
     ("student.epochs", True, "an integer >= 1"),
+    ("student.schedule", "linear", "constant | cosine"),
+    ("distill.methods", ["kd", "dkk"], "a non-empty list of distinct methods from kd, cosine"),
+    ("distill.methods", [], "a non-empty list of distinct methods"),
+    ("distill.methods", ["kd", "kd"], "a non-empty list of distinct methods"),
+    ("distill.dkd.warmup_epochs", -1, "an integer >= 0"),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(tmp_path, key, value, allowed):
     with pytest.raises(ConfigError) as err:
         load_with(tmp_path, set_key(key, value))
     message = str(err.value)
     assert message.startswith(f"{key}={value!r}") and allowed in message
+
+
+def test_a_warmup_as_long_as_training_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"^student: warmup_epochs \(10\) must be fewer than "
+                                          r"epochs \(10\)"):
+        load_with(tmp_path, set_key("student.warmup_epochs", 10))
+
+
+def test_dkd_with_every_weight_zero_is_rejected(tmp_path):
+    def zero(params):
+        params["distill"]["dkd"].update(alpha=0, beta=0, ce_weight=0)
+    with pytest.raises(ConfigError, match=r"distill\.dkd: alpha, beta and ce_weight are all 0"):
+        load_with(tmp_path, zero)
 
 
 def test_both_weights_zero_is_rejected(tmp_path):

@@ -4,16 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdpipe.config import CosineConfig, HintConfig, KDConfig
+from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
 from kdpipe.losses import (
     CosineHidden,
+    DecoupledKD,
     HintRegressor,
     Objective,
     SoftTargetKD,
+    StandardizedKD,
     TeacherOutputs,
     cosine_hidden_loss,
+    decoupled_kd_terms,
     pooled_hidden,
     soft_target_loss,
+    standardized,
 )
 
 
@@ -80,3 +84,72 @@ def test_hint_regressor_is_trainable_and_maps_16_to_32_channels():
     hint = HintRegressor(HintConfig(feature_weight=1.0, ce_weight=0.0))
     assert hint.regressor(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
     assert sum(p.numel() for p in hint.parameters()) == 16 * 32 * 9 + 32
+
+
+def test_standardized_logits_are_z_scores_invariant_to_shift_and_scale():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    z = standardized(logits)
+    mean, std = 3.0, math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + 0 + (6 - 3) ** 2) / 3)  # unbiased
+    assert z[0].tolist() == pytest.approx([(v - mean) / std for v in (1, 2, 3, 6)], rel=1e-6)
+    teacher = torch.randn(16, 10)
+    assert torch.allclose(standardized(teacher), standardized(3.5 * teacher - 7.0), atol=1e-5)
+
+
+def test_lskd_is_kd_on_standardized_logits_and_ignores_the_teachers_scale():
+    student, teacher, labels = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    lskd = StandardizedKD(LSKDConfig(temperature=2.0, soft_target_weight=0.9, ce_weight=0.1))
+    expected = (0.9 * soft_target_loss(standardized(student), standardized(teacher), 2.0)
+                + 0.1 * F.cross_entropy(student, labels))
+    out = lskd(student, None, labels, TeacherOutputs(teacher))
+    assert out.item() == pytest.approx(expected.item(), rel=1e-6)
+    rescaled = lskd(student, None, labels, TeacherOutputs(10 * teacher + 3))
+    assert rescaled.item() == pytest.approx(out.item(), rel=1e-4)
+
+
+def test_dkd_terms_match_a_hand_computed_example():
+    # One sample, three classes, target 0, T = 1.
+    student, teacher = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 1.0]])
+    p_s = [math.exp(v) / sum(math.exp(u) for u in (2, 1, 0)) for v in (2, 1, 0)]
+    p_t = [math.exp(v) / sum(math.exp(u) for u in (1, 0, 1)) for v in (1, 0, 1)]
+    b_s, b_t = [p_s[0], 1 - p_s[0]], [p_t[0], 1 - p_t[0]]
+    tckd = sum(t * math.log(t / s) for t, s in zip(b_t, b_s))
+    o_s = [math.exp(1) / (math.exp(1) + 1), 1 / (math.exp(1) + 1)]  # softmax of [1, 0]
+    o_t = [1 / (1 + math.e), math.e / (1 + math.e)]                  # softmax of [0, 1]
+    nckd = sum(t * math.log(t / s) for t, s in zip(o_t, o_s))
+    got = decoupled_kd_terms(student, teacher, torch.tensor([0]), temperature=1.0)
+    assert [g.item() for g in got] == pytest.approx([tckd, nckd], rel=1e-5)
+
+
+def test_dkd_decomposes_kd_per_sample():
+    """Eq. 7 of the DKD paper: KL(teacher || student) = TCKD + (1 - p_t) * NCKD, p_t being the
+    teacher's probability of the true class, at the same temperature."""
+    torch.manual_seed(1)
+    for _ in range(5):
+        student, teacher = torch.randn(1, 10) * 3, torch.randn(1, 10) * 3
+        label, T = torch.randint(0, 10, (1,)), 2.0
+        tckd, nckd = decoupled_kd_terms(student, teacher, label, T)
+        p_t = torch.softmax(teacher / T, dim=-1)[0, label].item()
+        kd = soft_target_loss(student, teacher, T)  # also scaled by T^2, as the terms
+        assert kd.item() == pytest.approx((tckd + (1 - p_t) * nckd).item(), rel=1e-4)
+
+
+def test_dkd_ramps_its_weight_over_the_warmup_epochs():
+    student, teacher, labels = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    dkd = DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+                                warmup_epochs=4))
+    tckd, nckd = decoupled_kd_terms(student, teacher, labels, 4.0)
+    ce = F.cross_entropy(student, labels)
+    for epoch, ramp in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
+        dkd.start_epoch(epoch)
+        expected = ce + ramp * (tckd + 8.0 * nckd)
+        out = dkd(student, None, labels, TeacherOutputs(teacher))
+        assert out.item() == pytest.approx(expected.item(), rel=1e-6), epoch
+
+
+def test_dkd_gives_no_gradient_to_the_masked_target_through_nckd():
+    student = torch.randn(3, 10, requires_grad=True)
+    labels = torch.tensor([1, 4, 7])
+    _, nckd = decoupled_kd_terms(student, torch.randn(3, 10), labels, 4.0)
+    nckd.backward()
+    assert torch.isfinite(student.grad).all()
+    assert student.grad[torch.arange(3), labels].abs().max() == 0

@@ -34,14 +34,14 @@ def test_repro_runs_every_stage_and_writes_every_output(built):
         assert run["train_seconds"] > 0 and run["train_images_per_second"] > 0
         assert run["inference_ms_batch1"] > 0 and run["size_mb"] > 0
         assert [r["epoch"] for r in run["history"]] == [1] and run["curve"] == "val_acc"
-        metrics = read_json(built / "metrics" / f"{name}.json")
+        metrics = read_json(built / "metrics" / "models.json")[name]
         assert metrics["test_acc"] == run["test_acc"] and metrics["test_acc_ci95"] is None
         assert metrics["test_acc_per_seed"] == {"42": run["test_acc"]}
         assert (built / "plots" / "loss" / f"{name}-42.csv").read_text().startswith(
             "epoch,train_loss\n1,")
         assert (built / "plots" / "accuracy" / f"{name}-42.csv").read_text() == \
             f"epoch,accuracy\n1,{run['val_acc']}\n"
-    for figure in ("accuracy", "curves", "accuracy_vs_latency"):
+    for figure in ("accuracy", "gains", "curves", "accuracy_vs_latency"):
         assert (built / "reports" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     comparison = read_json(built / "metrics" / "comparison.json")
     assert set(MODELS) <= set(comparison)
@@ -203,4 +203,4 @@ def test_real_images_subset_every_model_beats_chance(tmp_path):
                        "teacher": {"epochs": 1}, "student": {"epochs": 1}, "seeds": [42]})
     assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted(STAGES)
     for name in MODELS:
-        assert read_json(repo / "metrics" / f"{name}.json")["test_acc"] >= 15
+        assert read_json(repo / "metrics" / "models.json")[name]["test_acc"] >= 15

@@ -32,3 +32,13 @@ def test_verdicts():
     assert verdict(paired_gain([60.0, 61.0, 60.5], [70.0, 70.2, 70.9])) == "worse than the baseline"
     assert verdict(paired_gain([71.0], [70.0])) == "one seed: no test"
     assert paired_gain([71.0, 72.0], [70.0, 71.0])["p_value"] == 0.0  # identical gains
+
+
+def test_holm_matches_a_hand_computed_example():
+    from kdpipe.stats import holm
+
+    # sorted: 0.01 * 4 = 0.04, 0.02 * 3 = 0.06, 0.03 * 2 = 0.06 (monotone), 0.5 * 1 = 0.5
+    adjusted = holm([0.03, 0.5, 0.01, 0.02, None])
+    assert adjusted[:4] == pytest.approx([0.06, 0.5, 0.04, 0.06]) and adjusted[4] is None
+    assert holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])  # capped by monotonicity, then at 1
+    assert holm([0.7, 0.9]) == pytest.approx([1.0, 1.0])

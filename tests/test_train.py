@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -43,26 +45,35 @@ def live_teacher(cpu) -> LiveTeacher:
     return LiveTeacher(DeepNN(), cpu.autocast)
 
 
-@pytest.mark.parametrize("case", ["student", "hint, live teacher, augmented"])
+@pytest.mark.parametrize("case", ["student", "student, cosine schedule",
+                                  "hint, live teacher, augmented"])
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp_path, case):
-    """Model, optimizer, the hint regressor and every RNG (batch order, dropout, augmentation)
-    continue where the interrupted run stopped."""
-    distill = case != "student"
+    """Model, optimizer, learning-rate schedule, the hint regressor and every RNG (batch order,
+    dropout, augmentation) continue where the interrupted run stopped."""
+    distill = case.startswith("hint")
+    schedule = {"schedule": "cosine", "warmup_epochs": 1} if "cosine" in case else {}
 
-    def run(epochs: int, checkpoint=None):
+    def run(epochs: int, stop_after: int, checkpoint=None):
         objective = hint_objective() if distill else Objective()
         teacher = live_teacher(cpu) if distill else None
         model = seeded_student("LightNN", 1, 10)
-        result = fit(model, objective, tiny_data, TrainConfig(epochs, 1e-3, 32), cpu, seed=1,
-                     teacher=teacher, augment_batches=distill, checkpoint=checkpoint)
+        cfg = TrainConfig(epochs, 1e-3, 32, **schedule)
+        result = fit(model, objective, tiny_data, cfg, cpu, seed=1, teacher=teacher,
+                     augment_batches=distill, checkpoint=checkpoint,
+                     on_epoch=lambda r: stop(r["epoch"] == stop_after))
         return model, objective, result
 
-    straight, straight_objective, _ = run(2)
+    def stop(now: bool):
+        if now:
+            raise KeyboardInterrupt
+
+    straight, straight_objective, _ = run(3, stop_after=0)
     checkpoint = Checkpoint("run", key="k", folder=tmp_path)
-    run(1, checkpoint)  # interrupted after its first epoch
-    assert checkpoint.load()["history"][0]["epoch"] == 1
-    resumed, resumed_objective, result = run(2, checkpoint)
-    assert [r["epoch"] for r in result.history] == [1, 2]
+    with pytest.raises(KeyboardInterrupt):
+        run(3, stop_after=2, checkpoint=checkpoint)  # killed during its second epoch's end
+    assert [r["epoch"] for r in checkpoint.load()["history"]] == [1]
+    resumed, resumed_objective, result = run(3, stop_after=0, checkpoint=checkpoint)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert torch.equal(weights(resumed), weights(straight))
     if distill:
         assert torch.equal(weights(resumed_objective), weights(straight_objective))
@@ -79,6 +90,29 @@ def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
     assert all(t.device.type == "cpu" for t in loaded["model"].values())
 
 
+def test_learning_rate_schedules():
+    from kdpipe.train import lr_schedule
+
+    def rates(schedule: str, warmup: int) -> list[float]:
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = lr_schedule(optimizer, TrainConfig(4, 0.1, 32, schedule, warmup), 5)
+        if scheduler is None:
+            return []
+        seen = []
+        for _ in range(20):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert rates("constant", 0) == []  # the tutorial's Adam, untouched
+    assert rates("constant", 1)[:6] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+    cosine = rates("cosine", 1)
+    assert cosine[4] == pytest.approx(0.1)                   # warm-up done: the peak
+    assert cosine[5 + 15 // 2] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
+    assert all(a >= b for a, b in zip(cosine[4:], cosine[5:])) and cosine[-1] < 0.002
+
+
 def test_checkpoint_with_another_key_is_ignored(tmp_path):
     Checkpoint("teacher", key="old", folder=tmp_path).save({"history": []})
     assert Checkpoint("teacher", key="new", folder=tmp_path).load() is None
@@ -87,7 +121,7 @@ def test_checkpoint_with_another_key_is_ignored(tmp_path):
 
 def test_divergence_stops_with_epoch_step_and_a_hint(tiny_data, cpu):
     class Exploding(Objective):
-        def extra(self, logits, features, teacher):
+        def extra(self, logits, features, teacher, labels):
             return logits.sum() * float("inf")
 
     with pytest.raises(DivergedError, match=r"epoch 1, step 1\. Try a lower learning rate"):
@@ -105,17 +139,17 @@ def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
     assert not teacher.training
 
 
-@pytest.mark.parametrize("method", ["kd", "cosine", "hint"])
+@pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd"])
 def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
-    from kdpipe.config import CosineConfig, DistillConfig, HintConfig
+    from kdpipe.config import load_config
     from kdpipe.losses import build_objective
+    from tests.conftest import ROOT
 
     torch.manual_seed(0)
     teacher = DeepNN().eval()
     logits, features = compute_targets(teacher, tiny_data.train_x)
     save_targets(tmp_path / "targets", META, logits, features)
-    distill = DistillConfig(KDConfig(2.0, 0.25, 0.75), CosineConfig(0.25, 0.75),
-                            HintConfig(0.25, 0.75))
+    distill = load_config(ROOT / "params.yaml").distill
     objective = build_objective(method, distill)
     cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t")
     live = LiveTeacher(teacher, cpu.autocast)

@@ -47,11 +47,23 @@ class DataConfig:
     val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = positive_int()
     lr: float = positive_float()
     batch_size: int = positive_int()
+    # constant: Adam at `lr` throughout (the tutorial); cosine: decays to 0 by the last step,
+    # after `warmup_epochs` of linear warm-up (either schedule).
+    schedule: str = rule(" | ".join(SCHEDULES), lambda v: v in SCHEDULES, default="constant")
+    warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
+
+    def check(self) -> str | None:
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            return f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -84,10 +96,43 @@ class HintConfig(LossWeights):
 
 
 @dataclass(frozen=True)
+class DKDConfig(LossWeights):
+    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in over
+    `warmup_epochs`, plus ce_weight * cross-entropy."""
+    alpha: float = weight()
+    beta: float = weight()
+    temperature: float = positive_float()
+    ce_weight: float = weight()
+    warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
+
+    def check(self) -> str | None:
+        if self.alpha == self.beta == self.ce_weight == 0:
+            return "alpha, beta and ce_weight are all 0; at least one must be > 0"
+        return None
+
+
+@dataclass(frozen=True)
+class LSKDConfig(LossWeights):
+    """Logit-standardised KD: soft-target KD on z-scored logits."""
+    temperature: float = positive_float()
+    soft_target_weight: float = weight()
+    ce_weight: float = weight()
+
+
+METHODS = ("kd", "cosine", "hint", "dkd", "lskd")
+
+
+@dataclass(frozen=True)
 class DistillConfig:
+    # Which methods run (a distill stage per method and seed); each has its section below.
+    methods: list[str] = rule(f"a non-empty list of distinct methods from {', '.join(METHODS)}",
+                              lambda v: bool(v) and len(set(v)) == len(v)
+                              and all(m in METHODS for m in v))
     kd: KDConfig
     cosine: CosineConfig
     hint: HintConfig
+    dkd: DKDConfig
+    lskd: LSKDConfig
 
 
 @dataclass(frozen=True)
@@ -129,7 +174,7 @@ def _type_ok(expected: type, value: Any) -> bool:
 
 
 TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string",
-              list[int]: "a list of integers"}
+              list[int]: "a list of integers", list[str]: "a list of names"}
 
 
 def build(cls: type, raw: Any, path: str) -> Any:

@@ -1,5 +1,5 @@
-"""The report's figures (PNG): accuracy per model with CI and per-seed points, learning curves,
-and accuracy against inference latency."""
+"""The report's figures (PNG): accuracy per model with CI and per-seed points, each method's
+paired gain per seed with its CI, learning curves, and accuracy against inference latency."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,14 +10,13 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from kdpipe.files import write_with  # noqa: E402
 from kdpipe.paths import FIGURES  # noqa: E402
-from kdpipe.report import MODELS  # noqa: E402
 
 
 def draw_all(comparison: dict, runs: dict[str, list[dict]]) -> None:
     """Write every figure; `runs` are the per-seed records (their curves draw the learning
     curves)."""
-    figures = {"accuracy": accuracy(comparison), "curves": curves(runs),
-               "latency": latency(comparison)}
+    figures = {"accuracy": accuracy(comparison), "gains": gains(comparison),
+               "curves": curves(runs), "latency": latency(comparison)}
     for name, fig in figures.items():
         write_with(FIGURES[name], lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
@@ -26,13 +25,13 @@ def draw_all(comparison: dict, runs: dict[str, list[dict]]) -> None:
 def accuracy(comparison: dict):
     models = comparison["models"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for x, name in enumerate(MODELS):
+    for x, name in enumerate(models):
         row = models[name]
         ax.errorbar(x, row["test_acc"], yerr=row["test_acc_ci95"] or 0, fmt="o", capsize=6,
                     color="black", zorder=3)
         per_seed = list(row["test_acc_per_seed"].values())
         ax.scatter([x + 0.12] * len(per_seed), per_seed, alpha=0.6, s=18)
-    ax.set_xticks(range(len(MODELS)), list(MODELS))
+    ax.set_xticks(range(len(models)), list(models))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy: mean ± 95% CI (black), each seed (dots)")
     ax.grid(axis="y", alpha=0.3)
@@ -40,10 +39,30 @@ def accuracy(comparison: dict):
     return fig
 
 
+def gains(comparison: dict):
+    """What the paired test sees: each seed's gain over the baseline student of the same seed
+    (dots) and the mean with its 95% CI (black); a CI that crosses 0 is noise."""
+    methods = comparison["gains"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.axhline(0, color="grey", linewidth=1)
+    for x, gain in enumerate(methods.values()):
+        ax.errorbar(x, gain["mean"], yerr=gain["ci95"] or 0, fmt="o", capsize=6, color="black",
+                    zorder=3)
+        ax.scatter([x + 0.12] * len(gain["diffs"]), gain["diffs"], alpha=0.6, s=18)
+        ax.annotate(gain["verdict"], (x, gain["mean"]), textcoords="offset points",
+                    xytext=(10, -12), fontsize=8)
+    ax.set_xticks(range(len(methods)), list(methods))
+    ax.set_ylabel("test accuracy gain over the baseline (pp)")
+    ax.set_title("Paired gain per seed (dots), mean ± 95% CI (black)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def curves(runs: dict[str, list[dict]]):
     fig, ax = plt.subplots(figsize=(7, 4))
-    for color, name in enumerate(MODELS):
-        for i, run in enumerate(runs[name]):
+    for color, (name, model_runs) in enumerate(runs.items()):
+        for i, run in enumerate(model_runs):
             metric, rows = run["curve"], run["history"]
             ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows],
                     color=f"C{color}", alpha=0.7, label=name if i == 0 else None)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdpipe.config import CosineConfig, HintConfig, KDConfig
+from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
 from kdpipe.models import STUDENT_FEATURES, TEACHER_FEATURES
 
 
@@ -30,6 +30,35 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
     return kl * temperature**2
+
+
+def standardized(logits: torch.Tensor) -> torch.Tensor:
+    """Each sample's logits as z-scores (mean 0, unbiased std 1), as logit-standardised KD
+    (Sun et al., CVPR 2024) does before the temperature softmax: the student then matches the
+    teacher's logit relations, not their range. 1e-7 keeps constant logits finite."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    return (logits - mean) / (logits.std(dim=-1, keepdim=True) + 1e-7)
+
+
+def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       labels: torch.Tensor, temperature: float):
+    """Decoupled KD (Zhao et al., CVPR 2022), batch means scaled by T^2:
+    TCKD, the KL between the binary (target class, all others) distributions, and NCKD, the KL
+    between the distributions over the non-target classes alone (target masked out). For one
+    sample, KD's KL = TCKD + (1 - p_target of the teacher) * NCKD (Eq. 7 of the paper)."""
+    target = F.one_hot(labels, student_logits.shape[-1]).bool()
+    p_student = F.softmax(student_logits / temperature, dim=-1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=-1)
+    binary_student = torch.stack([p_student[target], 1 - p_student[target]], dim=-1)
+    binary_teacher = torch.stack([p_teacher[target], 1 - p_teacher[target]], dim=-1)
+    tckd = F.kl_div(binary_student.clamp_min(1e-12).log(), binary_teacher, reduction="batchmean")
+    masked = torch.finfo(student_logits.dtype).min  # exp() of it is 0: the target drops out
+    log_others_student = F.log_softmax(
+        (student_logits / temperature).masked_fill(target, masked), dim=-1)
+    others_teacher = F.softmax((teacher_logits / temperature).masked_fill(target, masked), dim=-1)
+    nckd = F.kl_div(log_others_student.masked_fill(target, 0), others_teacher,
+                    reduction="batchmean")
+    return tckd * temperature**2, nckd * temperature**2
 
 
 def pooled_hidden(teacher_features: torch.Tensor) -> torch.Tensor:
@@ -57,10 +86,13 @@ class Objective(nn.Module):
 
     def forward(self, logits, features, labels, teacher: TeacherOutputs) -> torch.Tensor:
         return self.ce_weight * F.cross_entropy(logits, labels) + self.extra(logits, features,
-                                                                              teacher)
+                                                                              teacher, labels)
 
-    def extra(self, logits, features, teacher: TeacherOutputs) -> torch.Tensor | float:
+    def extra(self, logits, features, teacher: TeacherOutputs, labels) -> torch.Tensor | float:
         return 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each epoch (1-based), for terms that change with training time."""
 
 
 class SoftTargetKD(Objective):
@@ -70,8 +102,41 @@ class SoftTargetKD(Objective):
         super().__init__(cfg.ce_weight)
         self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
 
-    def extra(self, logits, features, teacher):
+    def extra(self, logits, features, teacher, labels):
         return self.weight * soft_target_loss(logits, teacher.logits, self.temperature)
+
+
+class StandardizedKD(Objective):
+    """Soft-target KD on z-scored logits of both models (logit standardisation)."""
+
+    needs = ("logits",)
+
+    def __init__(self, cfg: LSKDConfig):
+        super().__init__(cfg.ce_weight)
+        self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
+
+    def extra(self, logits, features, teacher, labels):
+        return self.weight * soft_target_loss(standardized(logits), standardized(teacher.logits),
+                                              self.temperature)
+
+
+class DecoupledKD(Objective):
+    """alpha * TCKD + beta * NCKD, its weight ramped linearly from 1/warmup to 1 over the first
+    `warmup_epochs` epochs (as the paper's code), plus cross-entropy."""
+
+    needs = ("logits",)
+
+    def __init__(self, cfg: DKDConfig):
+        super().__init__(cfg.ce_weight)
+        self.cfg = cfg
+        self.ramp = 1.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.ramp = min(epoch / self.cfg.warmup_epochs, 1.0) if self.cfg.warmup_epochs else 1.0
+
+    def extra(self, logits, features, teacher, labels):
+        tckd, nckd = decoupled_kd_terms(logits, teacher.logits, labels, self.cfg.temperature)
+        return self.ramp * (self.cfg.alpha * tckd + self.cfg.beta * nckd)
 
 
 class CosineHidden(Objective):
@@ -81,7 +146,7 @@ class CosineHidden(Objective):
         super().__init__(cfg.ce_weight)
         self.weight = cfg.hidden_weight
 
-    def extra(self, logits, features, teacher):
+    def extra(self, logits, features, teacher, labels):
         return self.weight * cosine_hidden_loss(features, teacher.features)
 
 
@@ -96,12 +161,15 @@ class HintRegressor(Objective):
         self.weight = cfg.feature_weight
         self.regressor = nn.Conv2d(STUDENT_FEATURES[0], TEACHER_FEATURES[0], 3, padding=1)
 
-    def extra(self, logits, features, teacher):
+    def extra(self, logits, features, teacher, labels):
         return self.weight * F.mse_loss(self.regressor(features), teacher.features)
 
 
+OBJECTIVES = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor,
+              "dkd": DecoupledKD, "lskd": StandardizedKD}
+
+
 def build_objective(method: str, distill_cfg) -> Objective:
-    """The objective of a distillation method, 'kd', 'cosine' or 'hint', configured from
-    params `distill.<method>` (plain training uses `Objective()`)."""
-    classes = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor}
-    return classes[method](getattr(distill_cfg, method))
+    """The objective of a distillation method (a key of OBJECTIVES), configured from params
+    `distill.<method>` (plain training uses `Objective()`)."""
+    return OBJECTIVES[method](getattr(distill_cfg, method))

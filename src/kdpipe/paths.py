@@ -9,7 +9,8 @@ PLOTS_DIR = Path("plots")
 REPORT = Path("reports/comparison.md")
 CHECKED_PARAMS = Path("reports/params.json")
 CHECKPOINT_DIR = Path(".checkpoints")  # git-ignored; DVC does not delete it before a rerun
-FIGURES = {"accuracy": Path("reports/accuracy.png"), "curves": Path("reports/curves.png"),
+FIGURES = {"accuracy": Path("reports/accuracy.png"), "gains": Path("reports/gains.png"),
+           "curves": Path("reports/curves.png"),
            "latency": Path("reports/accuracy_vs_latency.png")}
 
 

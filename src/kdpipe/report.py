@@ -8,24 +8,26 @@ from kdpipe.files import read_json
 from kdpipe.paths import FIGURES, seed_metrics_file
 from kdpipe.stats import paired_gain, summarize, verdict
 
-MODELS = {  # name -> what it is
-    "teacher": "teacher (DeepNN, cross-entropy)",
-    "student": "baseline student (LightNN, cross-entropy)",
+DESCRIPTIONS = {  # model name -> what it is
+    "teacher": "teacher (cross-entropy)",
+    "student": "baseline student (cross-entropy)",
     "kd": "soft-target KD",
     "cosine": "cosine loss on hidden representation",
     "hint": "FitNets hint (regressor + MSE)",
+    "dkd": "decoupled KD (TCKD + NCKD)",
+    "lskd": "KD on standardised logits",
 }
-STUDENTS = ("student", "kd", "cosine", "hint")
-METHODS = ("kd", "cosine", "hint")
 COST_KEYS = ("num_params", "size_mb", "inference_ms_batch1", "inference_images_per_second",
              "train_seconds", "train_images_per_second", "wall_seconds", "peak_rss_mb")
 
 
-def read_runs(teacher_seed: int, seeds: list[int]) -> dict[str, list[dict]]:
-    """Every model's per-seed records (metrics/seeds/<name>-<seed>.json), in seed order."""
-    runs = {name: [read_json(seed_metrics_file(name, s)) for s in seeds] for name in STUDENTS}
-    runs["teacher"] = [read_json(seed_metrics_file("teacher", teacher_seed))]
-    return {name: runs[name] for name in MODELS}
+def read_runs(teacher_seed: int, seeds: list[int], methods: list[str]) -> dict[str, list[dict]]:
+    """Every model's per-seed records (metrics/seeds/<name>-<seed>.json), in seed order:
+    teacher, baseline student, then each method that ran."""
+    runs = {"teacher": [read_json(seed_metrics_file("teacher", teacher_seed))]}
+    for name in ("student", *methods):
+        runs[name] = [read_json(seed_metrics_file(name, s)) for s in seeds]
+    return runs
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -48,19 +50,20 @@ def collect(runs: dict[str, list[dict]]) -> dict:
     """Every model's aggregated metrics, each method's paired gain over the baseline, the
     metric used to choose (val_acc when there is a validation split) and the best student:
     the method with the best mean, and its seed with the best score (the model registered)."""
-    models = {name: aggregate(runs[name]) for name in MODELS}
+    models = {name: aggregate(model_runs) for name, model_runs in runs.items()}
+    methods = [name for name in runs if name not in ("teacher", "student")]
     choose_by = "val_acc" if "val_acc" in models["student"] else "test_acc"
     teacher_speed = models["teacher"]["inference_images_per_second"]
     for row in models.values():
         row["delta_vs_student"] = round(row["test_acc"] - models["student"]["test_acc"], 3)
         row["speedup_vs_teacher"] = round(row["inference_images_per_second"] / teacher_speed, 2)
     gains = {}
-    for method in METHODS:
+    for method in methods:
         gain = paired_gain([r["test_acc"] for r in runs[method]],
                            [r["test_acc"] for r in runs["student"]])
         gains[method] = {**{k: v if v is None or k == "diffs" else round(v, 4)
                             for k, v in gain.items()}, "verdict": verdict(gain)}
-    best = max(STUDENTS, key=lambda name: models[name][choose_by])
+    best = max(["student", *methods], key=lambda name: models[name][choose_by])
     best_run = max(runs[best], key=lambda r: r[choose_by])
     return {"models": models, "gains": gains, "choose_by": choose_by, "best_student": best,
             "best_seed": best_run["seed"], "best_run": best_run}
@@ -79,8 +82,8 @@ def markdown(comparison: dict) -> str:
              "| model | params | test acc % | gain vs student (pp) | p | verdict | size MB "
              "| latency ms (batch 1) | img/s (batch 256) | speed-up vs teacher | train s "
              "| stage wall s |", "|---|" + "---:|" * 4 + "---|" + "---:|" * 6]
-    for name, label in MODELS.items():
-        row, gain = models[name], gains.get(name)
+    for name, row in models.items():
+        label, gain = DESCRIPTIONS[name], gains.get(name)
         gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"),
                        "–" if gain["p_value"] is None else f"{gain['p_value']:.3f}",
                        gain["verdict"]] if gain else ["", "", ""])
@@ -116,7 +119,7 @@ def summary_metrics(comparison: dict) -> dict:
     models = comparison["models"]
     out: dict = {name: {k: models[name][k] for k in ("test_acc", "test_acc_ci95", "val_acc",
                                                      "delta_vs_student", "speedup_vs_teacher")
-                        if k in models[name]} for name in MODELS}
+                        if k in models[name]} for name in models}
     for method, gain in comparison["gains"].items():
         out[method] |= {"gain_ci95": gain["ci95"], "gain_p_value": gain["p_value"]}
     out["best_student_test_acc"] = models[comparison["best_student"]]["test_acc"]

@@ -39,3 +39,16 @@ def verdict(gain: dict) -> str:
     if gain["p_value"] < ALPHA:
         return "beats the baseline" if gain["mean"] > 0 else "worse than the baseline"
     return "within noise"
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment for testing several hypotheses at once (controls the chance
+    of any false 'significant' among them): the i-th smallest of m p-values is multiplied by
+    m - i + 1, and adjusted values never decrease with rank. None (no test) stays None."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -6,6 +6,7 @@ seeded permutation of indices (no DataLoader, no per-sample work).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
     `label` (e.g. kd-43), progress is shown: a line per epoch, a bar on a terminal."""
     device = runtime.device
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=cfg.lr)
+    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
+    scheduler = lr_schedule(optimizer, cfg, steps_per_epoch)
     order_rng = torch.Generator().manual_seed(seed)  # on CPU: same order on every device
     augment_rng = torch.Generator(device).manual_seed(seed + 1)
     forward = model.forward_with_features
@@ -80,6 +83,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
     state = checkpoint.load() if checkpoint else None
     if state:
         restore(state, model, objective, optimizer, order_rng, augment_rng, device)
+        if scheduler:
+            scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
         say(f"{label or 'model'}: resuming after epoch {len(history)} of {cfg.epochs} from "
             f"{checkpoint.path}")
@@ -87,6 +92,7 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         objective.train()
+        objective.start_epoch(epoch)
         start = time.perf_counter()
         losses = []
         batches = batch_order(len(data.train_y), cfg.batch_size, order_rng)
@@ -104,6 +110,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler:
+                scheduler.step()
             losses.append(loss.detach())
             if len(losses) % FINITE_CHECK_EVERY == 0:
                 check_finite(losses, epoch, cfg.lr)
@@ -121,11 +129,30 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             progress.epoch_done(record, len(data.train_y))
         if checkpoint:
             checkpoint.save(snapshot(model, objective, optimizer, order_rng, augment_rng,
-                                     device) | {"history": history})
+                                     device) | {"history": history} |
+                            ({"scheduler": scheduler.state_dict()} if scheduler else {}))
     test_acc = history[-1].get("test_acc")
     if test_acc is None:  # curves used the validation split: the test split is seen once
         test_acc = accuracy(model, data.test_x, data.test_y, runtime.autocast)
     return Trained(history, len(data.train_y) * len(history), test_acc)
+
+
+def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The learning rate per step as a factor of `cfg.lr`: a linear warm-up over
+    `cfg.warmup_epochs`, then constant or a cosine decay to 0 at the last step. None for the
+    tutorial's constant rate without warm-up (Adam alone, as before schedules existed)."""
+    if cfg.schedule == "constant" and not cfg.warmup_epochs:
+        return None
+    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # Steps between checks for a NaN/inf loss. A check copies the losses to the host, which
