@@ -1,0 +1,103 @@
+"""The sweep report: settings grouped by the params each model reads, gains paired per seed on
+validation against the same-recipe and the best baseline, Holm-adjusted, the best setting
+chosen on validation, and only its test gains reported."""
+import json
+import subprocess
+
+import pytest
+
+from kdpipe.sweep import analyse, differing_keys, markdown, trained_models, verdict
+from tests.project import clean_env, clone, edit_params, read_json, sh
+
+SEEDS = ("1", "2", "3", "4")
+COMMON = {"seed": 42, "data.source": "x", "teacher.epochs": 10}
+
+
+def row(val: list[float], test: list[float]) -> dict:
+    return {"val_acc_per_seed": dict(zip(SEEDS, val)),
+            "test_acc_per_seed": dict(zip(SEEDS, test))}
+
+
+def experiment(name: str, epochs: int, temperature: float, student, kd, dkd=None):
+    params = {**COMMON, "student.epochs": epochs, "student.schedule": "constant",
+              "distill.kd.temperature": temperature, "distill.dkd.beta": 8.0}
+    models = {"teacher": {"test_acc_per_seed": {"42": 80.0}}, "student": student, "kd": kd}
+    if dkd:
+        models["dkd"] = dkd
+    return name, params, models
+
+
+# Baseline: 10 epochs 60, 20 epochs 62 (the best baseline). kd at T=4 beats its same-recipe
+# baseline by ~3 on validation but the best baseline by only ~1; kd at T=1 is noise.
+FOUND = [
+    experiment("base", 10, 2.0, row([60, 61, 59, 60], [59, 60, 58, 59]),
+               row([61, 61.5, 59.5, 60.5], [60, 60, 59, 59])),
+    experiment("t4", 10, 4, row([60, 61, 59, 60], [59, 60, 58, 59]),
+               row([63, 64.1, 61.9, 63.2], [70, 71, 69, 70]),
+               dkd=row([60.2, 61.1, 59.3, 60.1], [59, 60, 58, 59])),
+    experiment("t1", 10, 1.0, row([60, 61, 59, 60], [59, 60, 58, 59]),
+               row([60.5, 60.8, 59.4, 59.9], [59, 60, 58, 59])),
+    experiment("long", 20, 2.0, row([62, 63, 61, 62], [61, 62, 60, 61]),
+               row([61, 62.5, 60, 61.5], [60, 61, 59, 60])),
+    experiment("other-data", 10, 2.0, row([90, 90, 90, 90], [90, 90, 90, 90]),
+               row([99, 99, 99, 99], [99, 99, 99, 99])),
+]
+FOUND[-1][1]["data.source"] = "elsewhere"
+
+
+def test_settings_are_grouped_by_what_each_model_reads_and_counted_once():
+    models = trained_models(FOUND[:4])
+    students = [m for m in models if m.model == "student"]
+    assert len(students) == 2  # the 10-epoch baseline is the same in base, t4 and t1
+    assert sorted(m.setting["distill.kd.temperature"] for m in models if m.model == "kd"
+                  and m.recipe["student.epochs"] == 10) == [1.0, 2.0, 4]
+    assert differing_keys(models) == ["distill.kd.temperature", "student.epochs"]
+
+
+def test_the_best_setting_is_chosen_on_validation_and_tested_once():
+    result = analyse(trained_models(FOUND[:4]))
+    assert result["best_baseline"].recipe["student.epochs"] == 20
+    chosen = result["chosen"]["trained"]
+    assert (chosen.model, chosen.setting["distill.kd.temperature"]) == ("kd", 4)
+    same, best = result["chosen"]["val_vs_same"], result["chosen"]["val_vs_best"]
+    assert same["mean"] == pytest.approx(3.05) and best["mean"] == pytest.approx(1.05)
+    assert verdict(same) == "gain"  # survives Holm over the 5 distilled settings
+    assert result["test"]["vs_same"]["mean"] == pytest.approx(11.0)
+    assert result["test"]["vs_best"]["mean"] == pytest.approx(9.0)
+    ps = [r["val_vs_same"]["p_value"] for r in result["rows"]]
+    assert all(r["val_vs_same"]["p_holm"] >= p for r, p in zip(result["rows"], ps))
+    t1 = next(r for r in result["rows"] if r["trained"].setting.get("distill.kd.temperature") == 1)
+    assert verdict(t1["val_vs_same"]) == "noise"
+
+
+def test_the_report_names_the_choice_and_calls_noise_noise():
+    models = trained_models(FOUND[:4])
+    text = markdown(analyse(models), differing_keys(models), left_out=1)
+    assert "**Chosen on validation: kd, distill.kd.temperature=4, student.epochs=10.**" in text
+    assert "| noise |" in text and "Holm" in text and "1 experiment(s) on other data" in text
+
+
+def test_the_sweep_command_reads_real_dvc_experiments(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    edit_params(repo, {"seeds": [42, 43]})
+    sh(["dvc", "repro"], repo)
+    sh(["git", "commit", "-qam", "two seeds"], repo)
+    for change in ([], ["-S", "distill.kd.temperature=1"], ["-S", "distill.kd.temperature=4"]):
+        sh(["dvc", "exp", "run", *change], repo)  # the first: the committed params
+    done = subprocess.run(["python", "-m", "kdpipe.sweep"], cwd=repo, capture_output=True,
+                          text=True, env={**clean_env(), "PYTHONPATH": str(repo / "src")})
+    assert done.returncode == 0, done.stderr
+    report = read_json(repo / "reports" / "sweep.json")
+    kd_settings = {json.dumps(r["setting"].get("distill.kd.temperature"))
+                   for r in report["rows"] if r["model"] == "kd"}
+    assert kd_settings == {"1", "2.0", "4"}
+    assert report["chosen"] and report["chosen_test"]["vs_best"]["seeds"] == 2
+    assert (repo / "reports" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Chosen on validation" in (repo / "reports" / "sweep.md").read_text()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["knowledge-distillation"],
+                               filter_string="attributes.run_name = 'sweep'",
+                               output_format="list")
+    assert "summary/chosen_test_gain_vs_best" in run.data.metrics
