@@ -78,7 +78,7 @@ def bare_throughput(repo: Path, name: str) -> float:
     os.chdir(repo)
     cfg = load_config(repo / "params.yaml")
     prepared = Prepared(repo / "data" / "prepared")
-    data = load_data(prepared, torch.device("cpu"))
+    data = load_data(prepared, cfg.data, torch.device("cpu"))
     model = seeded_student("DeepNN" if name == "teacher" else "LightNN", 0, 10)
     model = model.to(memory_format=torch.channels_last).train()
     objective = Objective() if name in ("teacher", "student") else build_objective(name,
@@ -92,7 +92,7 @@ def bare_throughput(repo: Path, name: str) -> float:
     start = time.perf_counter()
     for begin in range(0, n, 128):
         idx = torch.arange(begin, min(begin + 128, n))
-        x, y = data.train_x[idx], data.train_y[idx]
+        x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
         logits, features = model.forward_with_features(x)
         loss = objective(logits, features, y, targets(idx, x) if targets else None)
         optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,8 @@ from kdpipe.paths import METRICS_DIR, PREPARED_DIR
 from kdpipe.runtime import stage_cost
 
 # What prepare reads (dvc.yaml declares exactly these): not data.augment, which applies per batch.
-PREPARE_KEYS = ("data.source", "data.limit_train", "data.limit_test", "data.val_fraction")
+PREPARE_KEYS = ("data.source", "data.limit_train", "data.limit_test", "data.val_fraction",
+                "data.image_size")
 
 
 def main() -> None:

@@ -1,19 +1,23 @@
-"""Stages `train_teacher` and `train_student@<seed>`: plain cross-entropy training.
+"""Stages `train_teacher` and `train_student@<seed>`: plain cross-entropy training. With
+`teacher.pretrained`, the teacher stage loads those weights instead and trains no epoch: it is
+evaluated, recorded and logged like a trained teacher.
 
 usage: python stages/train.py teacher          (seed: params `seed`)
        python stages/train.py student <seed>   (one of params `seeds`)
 """
 import sys
+from dataclasses import replace
 
+from kdpipe import tracking
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Prepared
 from kdpipe.losses import Objective
 from kdpipe.paths import PREPARED_DIR
-from kdpipe.runs import ModelSpec, train_model
+from kdpipe.pretrained import pretrained_weights
+from kdpipe.progress import say
+from kdpipe.runs import ModelSpec, seeded_model, train_model
 from kdpipe.runtime import setup
-
-ARCH = {"teacher": "DeepNN", "student": "LightNN"}
 
 
 def main() -> None:
@@ -21,9 +25,20 @@ def main() -> None:
     cfg = load_config()
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else cfg.seed
     runtime = setup(cfg)
-    params = {"seed": seed, **section(cfg, "device", "threads", name, "data.augment")}
-    spec = ModelSpec(name, seed, ARCH[name], getattr(cfg, name), params)
-    metrics = train_model(spec, cfg, runtime, Objective(), Prepared(PREPARED_DIR))
+    prepared = Prepared(PREPARED_DIR)
+    params = {"seed": seed, **section(cfg, "device", "threads", name, "data.augment",
+                                      "data.mean", "data.std")}
+    spec = ModelSpec(name, seed, name, getattr(cfg, name), params)
+    if name == "teacher" and cfg.teacher.pretrained:
+        path = tracking.repo_root() / cfg.teacher.pretrained
+        model = seeded_model(cfg.teacher, name, seed, len(prepared.classes), prepared.image_size)
+        weights, sha256 = pretrained_weights(path, model.model, cfg.teacher.arch)
+        say(f"teacher: pretrained weights from {cfg.teacher.pretrained} (sha256 {sha256[:12]}),"
+            " no training")
+        spec = replace(spec, train=replace(cfg.teacher, epochs=0), init=weights,
+                       tags={"teacher.pretrained": cfg.teacher.pretrained,
+                             "teacher.pretrained_sha256": sha256})
+    metrics = train_model(spec, cfg, runtime, Objective(), prepared)
     print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")
 
 

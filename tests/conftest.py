@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 sys.path.insert(0, str(ROOT / "src"))  # the workspace's code, even without an install
 
-from kdpipe.data import to_device  # noqa: E402
+from kdpipe.data import MEAN, STD, Normalize, to_device  # noqa: E402
 from kdpipe.runtime import Runtime  # noqa: E402
 from kdpipe.sources import make_synthetic  # noqa: E402
 from kdpipe.train import TrainData  # noqa: E402
@@ -35,7 +35,8 @@ def tiny_data(synthetic) -> TrainData:
     device = torch.device("cpu")
     return TrainData(to_device(train.images[:200], device), torch.from_numpy(train.labels[:200]),
                      to_device(train.images[:0], device), torch.from_numpy(train.labels[:0]),
-                     to_device(test.images[:100], device), torch.from_numpy(test.labels[:100]))
+                     to_device(test.images[:100], device), torch.from_numpy(test.labels[:100]),
+                     Normalize(MEAN, STD, device))
 
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,16 @@ import torch
 from PIL import Image
 
 from kdpipe.config import DataConfig
-from kdpipe.data import MEAN, STD, Prepared, augment, batch_order, prepare, to_device
+from kdpipe.data import (
+    MEAN,
+    STD,
+    Normalize,
+    Prepared,
+    augment,
+    batch_order,
+    prepare,
+    to_device,
+)
 from kdpipe.errors import DataError
 from kdpipe.sources import balanced_subset, read_image_folder
 from tests.conftest import random_images
@@ -77,7 +86,6 @@ def test_folder_and_archive_give_the_same_arrays(tmp_path):
      "train and test have different classes"),
     (lambda e: {**e, "train/cat/0000.png": b"not an image"},
      "cannot read image 'train/cat/0000.png'"),
-    (lambda e: {**e, "train/cat/0001.png": png_bytes(1, size=16)}, "is 16x16, expected 32x32"),
     (lambda e: {**e, "../evil/train/cat/x.png": png_bytes(3)}, "points outside the archive"),
 ])
 def test_bad_archives_fail_with_a_message_naming_the_path(tmp_path, mutate, message):
@@ -85,6 +93,33 @@ def test_bad_archives_fail_with_a_message_naming_the_path(tmp_path, mutate, mess
     with pytest.raises(DataError, match=message) as err:
         read_image_folder(archive)
     assert str(archive) in str(err.value)
+
+
+def test_images_are_resized_once_to_the_configured_size(tmp_path):
+    entries = image_folder()
+    entries["train/cat/0001.png"] = png_bytes(1, size=16)  # any size is resized
+    archive = make_archive(tmp_path / "set.tar.gz", entries)
+    splits, _ = read_image_folder(archive, size=24)
+    assert splits["train"].images.shape == (6, 3, 24, 24) and splits["test"].images.shape[-1] == 24
+    native, _ = read_image_folder(archive)
+    assert native["train"].images.shape[-1] == 32
+    cfg = DataConfig(source="set.tar.gz", limit_train=0, limit_test=0, val_fraction=0.0,
+                     image_size=24)
+    assert prepare(cfg, 0, tmp_path, tmp_path / "p")["image_size"] == 24
+    assert Prepared(tmp_path / "p").image_size == 24
+
+
+def test_a_split_that_cannot_fit_in_memory_is_refused_with_the_numbers(tmp_path, monkeypatch):
+    import psutil
+
+    class Little:
+        available = 10 * 2**20  # 10 MiB free
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Little())
+    cfg = DataConfig(source="synthetic", limit_train=0, limit_test=0, image_size=128)
+    with pytest.raises(DataError, match=r"data.image_size=128: the train split needs 0.1 GiB "
+                                        r"\(2,000 x 3 x 128 x 128 bytes\) but only 0.0 GiB"):
+        prepare(cfg, 0, tmp_path, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
 
 
 def test_truncated_archive_is_reported(tmp_path):
@@ -164,9 +199,11 @@ def test_a_limit_decodes_only_the_images_it_keeps(tmp_path):
     assert np.array_equal(splits["train"].labels, full["train"].labels[keep])
 
 
-def test_to_device_normalises_with_imagenet_statistics_in_channels_last():
+def test_batches_are_normalised_with_the_configured_statistics_in_channels_last():
     images = random_images(4)
-    x = to_device(images, torch.device("cpu"))
+    stored = to_device(images, torch.device("cpu"))
+    assert stored.dtype == torch.uint8  # a quarter of float32's memory
+    x = Normalize(MEAN, STD, torch.device("cpu"))(stored)
     assert x.is_contiguous(memory_format=torch.channels_last)
     expected = (images[1, 2, 5, 7] / 255 - MEAN[2]) / STD[2]
     assert x[1, 2, 5, 7].item() == pytest.approx(expected, rel=1e-5)
@@ -181,7 +218,7 @@ def test_batch_order_covers_every_sample_once_and_is_seeded():
 
 
 def test_augment_crops_and_flips_whole_batches():
-    x = to_device(random_images(64), torch.device("cpu"))
+    x = Normalize(MEAN, STD, torch.device("cpu"))(to_device(random_images(64), torch.device("cpu")))
     out = augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(out, x)

@@ -15,7 +15,8 @@ from kdpipe.losses import (
     TeacherOutputs,
     cosine_hidden_loss,
     decoupled_kd_terms,
-    pooled_hidden,
+    matched_maps,
+    pool_to,
     soft_target_loss,
     standardized,
 )
@@ -45,7 +46,7 @@ def test_kd_loss_equals_the_tutorials_formula():
 
 def test_cosine_loss_is_zero_for_parallel_vectors_and_matches_torch():
     teacher = torch.rand(4, 32, 8, 8)
-    student_equal = pooled_hidden(teacher).view(4, 16, 8, 8) * 3.0  # same direction
+    student_equal = pool_to(teacher.flatten(1), 1024).view(4, 16, 8, 8) * 3.0  # same direction
     assert cosine_hidden_loss(student_equal, teacher).item() == pytest.approx(0.0, abs=1e-6)
     student = torch.randn(4, 16, 8, 8)
     reference = torch.nn.CosineEmbeddingLoss()(
@@ -53,11 +54,43 @@ def test_cosine_loss_is_zero_for_parallel_vectors_and_matches_torch():
     assert cosine_hidden_loss(student, teacher).item() == pytest.approx(reference.item(), rel=1e-5)
 
 
-def test_pooled_hidden_averages_neighbouring_pairs():
+def test_pooling_averages_neighbours_as_the_tutorial_for_its_pair():
     fmap = torch.arange(2048, dtype=torch.float32).view(1, 32, 8, 8)
-    pooled = pooled_hidden(fmap)
+    pooled = pool_to(fmap.flatten(1), 1024)
     assert pooled.shape == (1, 1024)
     assert pooled[0, :3].tolist() == [0.5, 2.5, 4.5]
+    assert torch.equal(pooled, F.avg_pool1d(fmap.flatten(1), 2))  # the tutorial's, bit for bit
+    uneven = pool_to(torch.arange(10, dtype=torch.float32).view(1, 10), 4)  # adaptive windows
+    assert uneven.shape == (1, 4) and uneven[0, 0].item() == pytest.approx(1.0)
+
+
+def test_cosine_pools_whichever_representation_is_longer():
+    student, teacher = torch.randn(3, 512), torch.randn(3, 64, 2, 2)  # student longer: 512 > 256
+    expected = (1 - F.cosine_similarity(pool_to(student, 256), teacher.flatten(1))).mean()
+    assert cosine_hidden_loss(student, teacher).item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("student_shape, teacher_shape, out", [
+    ((16, 8, 8), (32, 8, 8), (32, 8, 8)),     # the tutorial's pair: no pooling
+    ((24, 4, 4), (576, 1, 1), (576, 1, 1)),   # the student's larger map pooled to 1x1
+    ((8, 2, 2), (64, 8, 8), (64, 2, 2)),      # the teacher's larger map pooled to the student's
+])
+def test_hint_maps_channels_and_matches_spatial_size(student_shape, teacher_shape, out):
+    hint = HintRegressor(HintConfig(feature_weight=1.0, ce_weight=0.0), student_shape,
+                         teacher_shape)
+    features = torch.randn(2, *student_shape)
+    mapped, target = matched_maps(hint.regressor(features), torch.randn(2, *teacher_shape))
+    assert mapped.shape == target.shape == (2, *out)
+    loss = hint(torch.randn(2, 10), features, torch.tensor([0, 1]),
+                TeacherOutputs(None, torch.randn(2, *teacher_shape)))
+    assert torch.isfinite(loss)
+
+
+def test_hint_needs_feature_maps_and_says_which_layer():
+    from kdpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^teacher.feature_layer: hint needs a feature map"):
+        HintRegressor(HintConfig(1.0, 0.0), (16, 8, 8), (512,))
 
 
 def test_objectives_combine_weights_as_configured():

@@ -3,7 +3,8 @@ import contextlib
 import pytest
 import torch
 
-from kdpipe.models import STUDENT_FEATURES, TEACHER_FEATURES, DeepNN, LightNN, count_params
+from kdpipe.losses import STUDENT_FEATURES, TEACHER_FEATURES
+from kdpipe.models import DeepNN, LightNN, Tapped, count_params
 
 
 def test_param_counts_match_the_tutorial():
@@ -14,7 +15,7 @@ def test_param_counts_match_the_tutorial():
 def test_forward_with_features_shapes():
     x = torch.randn(4, 3, 32, 32)
     for model, shape in ((DeepNN(), TEACHER_FEATURES), (LightNN(), STUDENT_FEATURES)):
-        logits, fmap = model.eval().forward_with_features(x)
+        logits, fmap = Tapped(model, "features").eval().forward_with_features(x)
         assert logits.shape == (4, 10)
         assert fmap.shape == (4, *shape)
         assert torch.equal(model(x), logits)

@@ -147,14 +147,14 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
 
     torch.manual_seed(0)
     teacher = DeepNN().eval()
-    logits, features = compute_targets(teacher, tiny_data.train_x)
+    logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize)
     save_targets(tmp_path / "targets", META, logits, features)
     distill = load_config(ROOT / "params.yaml").distill
     objective = build_objective(method, distill)
     cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t")
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
-    x, y = tiny_data.train_x[idx], tiny_data.train_y[idx]
+    x, y = tiny_data.normalize(tiny_data.train_x[idx]), tiny_data.train_y[idx]
     s_logits, s_features = LightNN().forward_with_features(x)
     loss_cached = objective(s_logits, s_features, y, cached(idx, x))
     loss_live = objective(s_logits, s_features, y, live(idx, x))
@@ -186,7 +186,7 @@ def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, 
     assert isinstance(live, LiveTeacher)
     # Live outputs follow the (augmented) batch; cached ones follow only the sample index.
     idx = torch.arange(4)
-    x = tiny_data.train_x[idx]
+    x = tiny_data.normalize(tiny_data.train_x[idx])
     assert torch.equal(live(idx, x).logits, teacher.eval()(x))
     assert not torch.equal(live(idx, x.flip(3)).logits, live(idx, x).logits)
 

@@ -18,7 +18,7 @@ import torch
 
 from kdpipe.errors import UnsafeCheckpointError
 from kdpipe.files import sha256_files, write_with
-from kdpipe.models import ConvNet, build_model
+from kdpipe.models import Tapped, build_model, default_feature_layer
 from kdpipe.paths import CHECKPOINT_DIR
 
 SRC_DIR = Path(__file__).parent
@@ -35,12 +35,15 @@ def safe_load(path: str | Path) -> Any:
             f"types, which could run code when unpickled ({str(err).splitlines()[0]})") from None
 
 
-def load_model(path: Path, device: torch.device) -> tuple[ConvNet, dict]:
-    """A model saved by a training stage, on `device`, plus its saved dict."""
+def load_model(path: Path, device: torch.device) -> tuple[Tapped, dict]:
+    """A model saved by a training stage, tapped at the layer it was trained with, on
+    `device`, plus its saved dict."""
     saved = safe_load(path)
-    model = build_model(saved["arch"], len(saved["classes"]))
+    model = build_model(saved["arch"], len(saved["classes"]), saved.get("image_size", 32))
     model.load_state_dict(saved["state_dict"])
-    return model.to(device, memory_format=torch.channels_last), saved
+    layer = saved.get("feature_layer", default_feature_layer(model))
+    tapped = Tapped(model, layer, key="teacher.feature_layer")
+    return tapped.to(device, memory_format=torch.channels_last), saved
 
 
 def run_key(*parts: Any, files: list[Path] = ()) -> str:

@@ -35,6 +35,10 @@ def weight():
     return rule("a number >= 0", lambda v: v >= 0)
 
 
+def _three(values: list, ok: Callable[[float], bool]) -> bool:
+    return len(values) == 3 and all(_type_ok(float, x) and ok(x) for x in values)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = rule("'cifar10', 'synthetic' or a path to an ImageFolder dir or .tar.gz",
@@ -45,9 +49,25 @@ class DataConfig:
     # A held-out part of the training set for per-epoch curves and every choice; 0 = none (as
     # the tutorial, which reports test accuracy every epoch and so chooses on test).
     val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
+    # Side of the square images `prepare` stores (resized once if the source differs).
+    image_size: int = rule("an integer >= 8", lambda v: v >= 8, default=32)
+    # Per-channel normalisation of the model's input (default: the tutorial's ImageNet values).
+    mean: list[float] = rule("3 numbers (R, G, B)", lambda v: _three(v, lambda x: True),
+                             default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = rule("3 numbers > 0 (R, G, B)", lambda v: _three(v, lambda x: x > 0),
+                            default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 SCHEDULES = ("constant", "cosine")
+MODELS_CODE = "src/kdpipe/models.py"
+
+
+def builder_file(arch: str) -> str:
+    """The file of a `module:function` builder, relative to the repository root."""
+    return arch.partition(":")[0].replace(".", "/") + ".py"
+
+
+ARCH = "DeepNN, LightNN, a torchvision model name or module:function"
 
 
 @dataclass(frozen=True)
@@ -59,11 +79,40 @@ class TrainConfig:
     # after `warmup_epochs` of linear warm-up (either schedule).
     schedule: str = rule(" | ".join(SCHEDULES), lambda v: v in SCHEDULES, default="constant")
     warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
+    # DeepNN | LightNN (the tutorial's) | a torchvision classification model (resnet18, ...) |
+    # module:function, a builder in your code: function(num_classes=...) -> nn.Module
+    arch: str = rule(ARCH, lambda v: v.strip() != "", default="LightNN")
+    # The file that defines `arch`, a DVC dependency of the stages that build it: the default
+    # for built-in architectures, the builder's file (module a.b -> a/b.py) for module:function.
+    code: str = rule("a path relative to the repository root", lambda v: v.strip() != "",
+                     default=MODELS_CODE)
+    # The module whose output cosine and hint distil ("" = the architecture's default).
+    feature_layer: str = ""
 
     def check(self) -> str | None:
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             return f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
+        expected = builder_file(self.arch) if ":" in self.arch else MODELS_CODE
+        if self.code != expected:
+            return (f"code={self.code!r} does not define arch={self.arch!r}; expected "
+                    f"code: {expected} (the file DVC must watch for it)")
         return None
+
+
+PRETRAINED_DIR = "teachers"
+PRETRAINED_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass(frozen=True)
+class TeacherConfig(TrainConfig):
+    arch: str = rule(ARCH, lambda v: v.strip() != "", default="DeepNN")
+    # A trained teacher to use instead of training one: a file under teachers/ (that folder is
+    # the teacher stage's DVC dependency). "" = train it.
+    pretrained: str = rule(f"'' or a {'/'.join(PRETRAINED_SUFFIXES)} file under "
+                           f"{PRETRAINED_DIR}/",
+                           lambda v: v == "" or (v.startswith(PRETRAINED_DIR + "/")
+                                                 and v.endswith(PRETRAINED_SUFFIXES)),
+                           default="")
 
 
 @dataclass(frozen=True)
@@ -151,7 +200,7 @@ class Config:
                             and all(_type_ok(int, s) and s >= 0 for s in v))
     device: str = rule(" | ".join(DEVICES), lambda v: v in DEVICES)
     data: DataConfig
-    teacher: TrainConfig
+    teacher: TeacherConfig
     student: TrainConfig
     distill: DistillConfig
     mlflow: MlflowConfig
@@ -174,7 +223,8 @@ def _type_ok(expected: type, value: Any) -> bool:
 
 
 TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string",
-              list[int]: "a list of integers", list[str]: "a list of names"}
+              list[int]: "a list of integers", list[str]: "a list of names",
+              list[float]: "a list of numbers"}
 
 
 def build(cls: type, raw: Any, path: str) -> Any:
@@ -194,7 +244,7 @@ def build(cls: type, raw: Any, path: str) -> Any:
     for name, f in fields.items():
         key = _join(path, name)
         if name not in raw:
-            if f.default is dataclasses.MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{key}: missing; expected {_allowed(f, hints[name])}")
             continue
         values[name] = _value(f, hints[name], raw[name], key)

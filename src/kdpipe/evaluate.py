@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,12 +12,14 @@ EVAL_BATCH = 1000  # images per forward pass: large batches are faster and accur
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             normalize: Callable[[torch.Tensor], torch.Tensor],
              autocast=contextlib.nullcontext) -> float:
-    """Top-1 accuracy in percent. Puts `model` in eval mode and leaves it there."""
+    """Top-1 accuracy in percent on uint8 `images`, normalised batch by batch. Puts `model` in
+    eval mode and leaves it there."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for start in range(0, len(labels), EVAL_BATCH):
-        x = images[start:start + EVAL_BATCH]
+        x = normalize(images[start:start + EVAL_BATCH])
         with autocast():
             logits = model(x)
         correct += (logits.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum()

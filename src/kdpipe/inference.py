@@ -32,9 +32,11 @@ def median_seconds(model: nn.Module, batch: torch.Tensor, runs: int, autocast) -
     return statistics.median(times)
 
 
-def inference_cost(model: nn.Module, saved_file: Path, device: torch.device, autocast) -> dict:
+def inference_cost(model: nn.Module, saved_file: Path, device: torch.device, autocast,
+                   image_size: int = 32) -> dict:
     model.eval()
-    image = torch.randn(1, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    image = torch.randn(1, 3, image_size, image_size, device=device)
+    image = image.contiguous(memory_format=torch.channels_last)
     batch = image.expand(THROUGHPUT_BATCH, -1, -1, -1).contiguous(
         memory_format=torch.channels_last)
     latency = median_seconds(model, image, LATENCY_RUNS, autocast)

@@ -13,13 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
-from kdpipe.models import STUDENT_FEATURES, TEACHER_FEATURES
+from kdpipe.errors import ConfigError
+
+# The tutorial pair's feature maps (channels, height, width) on 32x32 images: DeepNN's
+# `features` flattens to 2048, LightNN's to 1024.
+TEACHER_FEATURES = (32, 8, 8)
+STUDENT_FEATURES = (16, 8, 8)
 
 
 @dataclass
 class TeacherOutputs:
     logits: torch.Tensor | None = None    # (B, 10)
-    features: torch.Tensor | None = None  # (B, 32, 8, 8) feature map
+    features: torch.Tensor | None = None  # (B, ...) the teacher's output at its feature layer
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -61,18 +66,34 @@ def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return tckd * temperature**2, nckd * temperature**2
 
 
-def pooled_hidden(teacher_features: torch.Tensor) -> torch.Tensor:
-    """The teacher's flattened feature map (2048) average-pooled over neighbouring pairs to the
-    student's 1024, as the tutorial's avg_pool1d(flatten(x), 2)."""
-    flat = torch.flatten(teacher_features, 1)
-    return flat.view(flat.shape[0], -1, 2).mean(dim=2)
+def pool_to(flat: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, n) -> (B, length) by averaging neighbours: groups of n / length when that divides
+    (for the tutorial's pair, its avg_pool1d(x, 2) from 2048 to 1024), else adaptive pooling."""
+    n = flat.shape[1]
+    if n == length:
+        return flat
+    if n % length == 0:
+        return flat.view(flat.shape[0], length, n // length).mean(dim=2)
+    return F.adaptive_avg_pool1d(flat.unsqueeze(1), length).squeeze(1)
 
 
 def cosine_hidden_loss(student_features: torch.Tensor, teacher_features: torch.Tensor):
-    """CosineEmbeddingLoss with target +1: mean over the batch of 1 - cos(student, teacher)."""
-    student = torch.flatten(student_features, 1)
-    teacher = pooled_hidden(teacher_features)
-    return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+    """CosineEmbeddingLoss with target +1: mean over the batch of 1 - cos(student, teacher),
+    the longer flattened representation average-pooled to the shorter one's length."""
+    student, teacher = torch.flatten(student_features, 1), torch.flatten(teacher_features, 1)
+    length = min(student.shape[1], teacher.shape[1])
+    return (1 - F.cosine_similarity(pool_to(student, length), pool_to(teacher, length),
+                                    dim=1)).mean()
+
+
+def matched_maps(student: torch.Tensor, teacher: torch.Tensor):
+    """Both maps at the smaller one's height and width (average pooling of the larger)."""
+    size = tuple(min(a, b) for a, b in zip(student.shape[-2:], teacher.shape[-2:]))
+    if tuple(student.shape[-2:]) != size:
+        student = F.adaptive_avg_pool2d(student, size)
+    if tuple(teacher.shape[-2:]) != size:
+        teacher = F.adaptive_avg_pool2d(teacher, size)
+    return student, teacher
 
 
 class Objective(nn.Module):
@@ -151,25 +172,36 @@ class CosineHidden(Objective):
 
 
 class HintRegressor(Objective):
-    """FitNets-style hint: a trainable 3x3 conv maps the student's 16x8x8 feature map to the
-    teacher's 32x8x8, and MSE pulls it towards the teacher's map."""
+    """FitNets-style hint: a trainable 3x3 conv maps the student's feature map to the
+    teacher's channels (16 -> 32 for the tutorial's pair), the larger map is average-pooled to
+    the smaller's height and width, and MSE pulls the student's towards the teacher's."""
 
     needs = ("features",)
 
-    def __init__(self, cfg: HintConfig):
+    def __init__(self, cfg: HintConfig, student_shape=STUDENT_FEATURES,
+                 teacher_shape=TEACHER_FEATURES):
         super().__init__(cfg.ce_weight)
+        for role, shape in (("student", student_shape), ("teacher", teacher_shape)):
+            if len(shape) != 3:
+                raise ConfigError(f"{role}.feature_layer: hint needs a feature map "
+                                  f"(channels x height x width); that layer gives {shape}")
         self.weight = cfg.feature_weight
-        self.regressor = nn.Conv2d(STUDENT_FEATURES[0], TEACHER_FEATURES[0], 3, padding=1)
+        self.regressor = nn.Conv2d(student_shape[0], teacher_shape[0], 3, padding=1)
 
     def extra(self, logits, features, teacher, labels):
-        return self.weight * F.mse_loss(self.regressor(features), teacher.features)
+        student, target = matched_maps(self.regressor(features), teacher.features)
+        return self.weight * F.mse_loss(student, target)
 
 
 OBJECTIVES = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor,
               "dkd": DecoupledKD, "lskd": StandardizedKD}
 
 
-def build_objective(method: str, distill_cfg) -> Objective:
+def build_objective(method: str, distill_cfg, student_shape=STUDENT_FEATURES,
+                    teacher_shape=TEACHER_FEATURES) -> Objective:
     """The objective of a distillation method (a key of OBJECTIVES), configured from params
-    `distill.<method>` (plain training uses `Objective()`)."""
+    `distill.<method>` (plain training uses `Objective()`); the hint regressor is sized from
+    the feature shapes at the two taps."""
+    if method == "hint":
+        return HintRegressor(distill_cfg.hint, student_shape, teacher_shape)
     return OBJECTIVES[method](getattr(distill_cfg, method))

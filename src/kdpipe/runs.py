@@ -5,19 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from kdpipe import tracking
 from kdpipe.checkpoint import Checkpoint, run_key, save_tensors
-from kdpipe.config import Config, TrainConfig, flat
-from kdpipe.data import Prepared, to_device
+from kdpipe.config import Config, DataConfig, TrainConfig, flat
+from kdpipe.data import Normalize, Prepared, to_device
 from kdpipe.files import write_json, write_text
 from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
-from kdpipe.models import ConvNet, build_model, count_params
+from kdpipe.models import Tapped, build_model, count_params, default_feature_layer
 from kdpipe.paths import PREPARED_DIR, model_file, plot_files, seed_metrics_file
 from kdpipe.runtime import Runtime, environment, seed_everything, stage_cost
 from kdpipe.train import TeacherSource, TrainData, Trained, fit
@@ -25,29 +25,40 @@ from kdpipe.train import TeacherSource, TrainData, Trained, fit
 
 @dataclass
 class ModelSpec:
-    name: str              # teacher | student | kd | cosine | hint
+    name: str              # teacher | student | kd | cosine | hint | dkd | lskd
     seed: int              # initial weights, batch order, dropout
-    arch: str              # DeepNN | LightNN
-    train: TrainConfig     # epochs, lr, batch size
+    role: str              # teacher | student: the params section of its architecture
+    train: TrainConfig     # architecture, epochs, lr, batch size, schedule
     params: dict           # the params sections this stage reads, logged and saved as config
+    init: dict | None = None  # weights to start from (a pretrained teacher), else random
+    tags: dict = field(default_factory=dict)  # more MLflow tags (lineage)
 
     @property
     def run_name(self) -> str:  # what the MLflow runs list shows, e.g. kd-43
         return f"{self.name}-{self.seed}"
 
 
-def load_data(prepared: Prepared, device: torch.device) -> TrainData:
+def load_data(prepared: Prepared, data_cfg: DataConfig, device: torch.device) -> TrainData:
     tensors = []
     for split in ("train", "val", "test"):
         images, labels = prepared.splits[split].images, prepared.splits[split].labels
         tensors += [to_device(images, device), torch.from_numpy(labels).to(device)]
-    return TrainData(*tensors)
+    return TrainData(*tensors, Normalize(data_cfg.mean, data_cfg.std, device))
 
 
-def seeded_student(arch: str, seed: int, num_classes: int) -> ConvNet:
-    """Same seed -> same initial weights (and dropout masks after), whichever method trains."""
+def seeded_model(train: TrainConfig, role: str, seed: int, num_classes: int,
+                 image_size: int = 32) -> Tapped:
+    """Same seed -> same initial weights (and dropout masks after), whichever method trains;
+    tapped at its feature layer (params `<role>.feature_layer`, else the architecture's)."""
     seed_everything(seed)
-    return build_model(arch, num_classes)
+    model = build_model(train.arch, num_classes, image_size, key=f"{role}.arch")
+    layer = train.feature_layer or default_feature_layer(model)
+    return Tapped(model, layer, key=f"{role}.feature_layer")
+
+
+def seeded_student(arch: str, seed: int, num_classes: int) -> Tapped:
+    """The tutorial-style call: an architecture by name, its default feature layer."""
+    return seeded_model(TrainConfig(1, 1e-3, 1, arch=arch), "student", seed, num_classes)
 
 
 def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objective,
@@ -57,8 +68,11 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     metrics/seeds/<name>-<seed>.json (metrics, curve, MLflow ids: all `compare` reads) and
     plots/{loss,accuracy}/<name>-<seed>.csv. `teacher` supplies teacher outputs per batch;
     `teacher_saved` is the teacher's saved checkpoint, recorded as this model's lineage."""
-    data = load_data(prepared, runtime.device)
-    model = seeded_student(spec.arch, spec.seed, len(prepared.classes))
+    data = load_data(prepared, cfg.data, runtime.device)
+    model = seeded_model(spec.train, spec.role, spec.seed, len(prepared.classes),
+                         prepared.image_size)
+    if spec.init is not None:
+        model.model.load_state_dict(spec.init)
     model = model.to(runtime.device, memory_format=torch.channels_last)
     objective = objective.to(runtime.device)
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
@@ -71,7 +85,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     # Tag `model` (teacher, student, kd, ...): "Group by" it in the UI to see each model's
     # curves over its seeds as one line with a band.
     with tracking.stage_run(cfg.mlflow.experiment, spec.run_name, flat(spec.params), run_id,
-                            tags={"model": spec.name}) as run:
+                            tags={"model": spec.name, **spec.tags}) as run:
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
             tracking.log_dataset(prepared.summary, PREPARED_DIR)
@@ -80,13 +94,17 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, checkpoint=checkpoint,
                      on_epoch=tracking.log_epoch, label=spec.run_name)
-        ids = {"mlflow_run_id": run.info.run_id, "mlflow_model_id": tracking.log_model(model)}
+        ids = {"mlflow_run_id": run.info.run_id,
+               "mlflow_model_id": tracking.log_model(model.model, prepared.image_size)}
         saved_file = model_file(spec.name, spec.seed)
-        save_tensors(saved_file, {"arch": spec.arch, "state_dict": model.state_dict(),
+        save_tensors(saved_file, {"arch": spec.train.arch, "feature_layer": model.layer,
+                                  "image_size": prepared.image_size,
+                                  "state_dict": model.model.state_dict(),
                                   "classes": prepared.classes, "config": spec.params,
                                   "data_sha256": prepared.digest, "inputs": inputs, **ids})
         curve = data.curve()[0]
-        metrics = final_metrics(spec, model, result, curve, saved_file, runtime)
+        metrics = final_metrics(spec, model, result, curve, saved_file, runtime,
+                                prepared.image_size)
         tracking.log_final(metrics, environment(runtime))
         record = {**metrics, **ids, "data_sha256": prepared.digest, "curve": curve,
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
@@ -97,18 +115,20 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     return metrics
 
 
-def final_metrics(spec: ModelSpec, model: ConvNet, result: Trained, curve: str,
-                  saved_file: Path, runtime: Runtime) -> dict:
+def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
+                  saved_file: Path, runtime: Runtime, image_size: int) -> dict:
+    speed = result.images_seen / result.train_seconds if result.train_seconds else 0.0
     return {
         "seed": spec.seed,
         "test_acc": result.test_acc,
-        **({curve: result.history[-1][curve]} if curve != "test_acc" else {}),
+        **({curve: result.curve_acc} if curve != "test_acc" else {}),
         "num_params": count_params(model),
         "epochs": len(result.history),
         "train_seconds": round(result.train_seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
-        "train_images_per_second": round(result.images_seen / result.train_seconds, 1),
-        **inference_cost(model, saved_file, runtime.device, runtime.autocast),
+        "train_images_per_second": round(speed, 1),
+        **inference_cost(model.model, saved_file, runtime.device, runtime.autocast,
+                         image_size),
         **stage_cost(),  # last: the wall time covers everything the stage did before it
     }
 

@@ -22,27 +22,53 @@ from kdpipe.errors import DataError
 from kdpipe.progress import bar, clock, say
 
 SPLITS = ("train", "test")
-IMAGE_SIZE = 32
+NATIVE_SIZE = 32  # CIFAR-10's, and the synthetic set's
 SYNTHETIC_SIZES = {"train": 2000, "test": 400}  # images per split before any limit
 
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 (N, 3, 32, 32)
+    images: np.ndarray  # uint8 (N, 3, S, S), S = data.image_size
     labels: np.ndarray  # int64 (N,)
 
 
-def read_source(source: str, root: Path, seed: int,
-                limits: dict[str, int]) -> tuple[dict[str, Split], list[str]]:
-    """Every split of `source`, each cut to `limits[split]` images (0 = all)."""
+def read_source(source: str, root: Path, seed: int, limits: dict[str, int],
+                size: int = NATIVE_SIZE) -> tuple[dict[str, Split], list[str]]:
+    """Every split of `source`, each cut to `limits[split]` images (0 = all), as size x size."""
     if source not in ("cifar10", "synthetic"):
-        return read_image_folder(resolve_source_path(source, root), limits, seed)
+        return read_image_folder(resolve_source_path(source, root), limits, seed, size)
     if source == "cifar10":
         splits, classes = read_torchvision_cifar10(root / "data" / "raw")
     else:
         splits, classes = make_synthetic(seed), [f"class{k}" for k in range(10)]
-    return {split: take(data, balanced_subset(data.labels, limits.get(split, 0), seed))
-            for split, data in splits.items()}, classes
+    out = {}
+    for split, data in splits.items():
+        kept = take(data, balanced_subset(data.labels, limits.get(split, 0), seed))
+        check_memory(split, len(kept.labels), size)
+        out[split] = kept if size == NATIVE_SIZE else \
+            Split(np.stack([resized(image, size) for image in kept.images]), kept.labels)
+    return out, classes
+
+
+def resized(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (3, H, W) -> (3, size, size), bilinear with antialiasing (PIL)."""
+    pil = Image.fromarray(image.transpose(1, 2, 0)).resize((size, size), Image.BILINEAR)
+    return np.asarray(pil).transpose(2, 0, 1)
+
+
+def check_memory(split: str, count: int, size: int) -> None:
+    """Say what a split will take in memory (uint8), and refuse when it cannot fit: every
+    training stage holds all splits at once."""
+    import psutil
+
+    need = count * 3 * size * size
+    available = psutil.virtual_memory().available
+    say(f"{split}: {count:,} images of 3x{size}x{size} uint8 = {need / 2**20:,.0f} MiB")
+    if need > available / 2:
+        raise DataError(f"data.image_size={size}: the {split} split needs {need / 2**30:.1f} GiB "
+                        f"({count:,} x 3 x {size} x {size} bytes) but only "
+                        f"{available / 2**30:.1f} GiB of memory is free, and training holds "
+                        "every split at once; lower data.image_size or data.limit_*")
 
 
 def take(split: Split, indices: np.ndarray) -> Split:
@@ -83,7 +109,7 @@ def make_synthetic(seed: int) -> dict[str, Split]:
     rng = np.random.default_rng(seed)
     # Classes differ by a faint coarse pattern on a shared background, under strong noise.
     coarse = rng.uniform(64, 192, size=(1, 3, 4, 4)) + rng.normal(0, 24, size=(10, 3, 4, 4))
-    templates = coarse.repeat(IMAGE_SIZE // 4, axis=2).repeat(IMAGE_SIZE // 4, axis=3)
+    templates = coarse.repeat(NATIVE_SIZE // 4, axis=2).repeat(NATIVE_SIZE // 4, axis=3)
     splits = {}
     for split, n in SYNTHETIC_SIZES.items():
         labels = np.arange(n, dtype=np.int64) % 10
@@ -95,8 +121,8 @@ def make_synthetic(seed: int) -> dict[str, Split]:
     return splits
 
 
-def read_image_folder(path: Path, limits: dict[str, int] | None = None,
-                      seed: int = 0) -> tuple[dict[str, Split], list[str]]:
+def read_image_folder(path: Path, limits: dict[str, int] | None = None, seed: int = 0,
+                      size: int = NATIVE_SIZE) -> tuple[dict[str, Split], list[str]]:
     say(f"reading {path}")
     files: dict[str, dict[str, list[tuple[str, bytes]]]] = {s: {} for s in SPLITS}
     for rel, data in _walk(path):
@@ -116,7 +142,7 @@ def read_image_folder(path: Path, limits: dict[str, int] | None = None,
         raise DataError(f"{path}: train and test have different classes: "
                         f"train={classes}, test={sorted(files['test'])}")
     splits = {split: _decode_split(path, split, files[split], classes,
-                                   (limits or {}).get(split, 0), seed) for split in SPLITS}
+                                   (limits or {}).get(split, 0), seed, size) for split in SPLITS}
     return splits, classes
 
 
@@ -158,8 +184,9 @@ def _split_path(rel: str, root: Path) -> tuple[str, str, str | None] | None:
 
 
 def _decode_split(path: Path, split: str, by_class: dict, classes: list[str], limit: int,
-                  seed: int) -> Split:
-    """Decode the class-balanced subset of `limit` images (all when 0), in class order."""
+                  seed: int, size: int) -> Split:
+    """Decode the class-balanced subset of `limit` images (all when 0), in class order, as
+    size x size."""
     entries, labels = [], []
     for label, cls in enumerate(classes):
         names = sorted(by_class[cls])
@@ -168,25 +195,27 @@ def _decode_split(path: Path, split: str, by_class: dict, classes: list[str], li
         entries += [(f"{split}/{cls}/{name}", data) for name, data in names]
         labels += [label] * len(names)
     keep = balanced_subset(np.asarray(labels, dtype=np.int64), limit, seed)
+    check_memory(split, len(keep), size)
     start, images = time.perf_counter(), []
     steps = bar(len(keep), f"decoding {split}", "img")
     for i in keep:
-        images.append(_decode(path, *entries[i]))
+        images.append(_decode(path, *entries[i], size))
         steps.update()
     steps.close()
     say(f"decoded {split}: {len(keep):,} images in {clock(time.perf_counter() - start)}")
     return Split(np.stack(images), np.asarray(labels, dtype=np.int64)[keep])
 
 
-def _decode(path: Path, rel: str, data: bytes) -> np.ndarray:
+def _decode(path: Path, rel: str, data: bytes, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size): resized (bilinear, antialiased) unless it already is."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            array = np.asarray(img.convert("RGB"))
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            array = np.asarray(rgb)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot read image '{rel}' ({err})") from None
-    if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DataError(f"{path}: image '{rel}' is {array.shape[1]}x{array.shape[0]}, "
-                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     return array.transpose(2, 0, 1)
 
 

@@ -1,8 +1,9 @@
 """Teacher outputs for distillation: computed once and cached, or live when they cannot be.
 
 The cache holds, per training sample (same order as the prepared train split):
-    logits.npy    float32 (N, 10)
-    features.npy  float16 (N, 32, 8, 8): the teacher's last feature map
+    logits.npy    float32 (N, classes)
+    features.npy  float16 (N, ...): the teacher's output at teacher.feature_layer ((32, 8, 8),
+                  its last feature map, for the tutorial's DeepNN); absent if it has none
     meta.json     the prepared data's digest and the teacher's MLflow run id it was made from
 The cosine target (2048 -> 1024 average pool) is derived from the feature map on the fly,
 so each thing is stored once. With data.augment the inputs change every epoch, so there is
@@ -17,6 +18,7 @@ and the KD loss divides them by the temperature, so they are kept exact.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,8 @@ import torch
 from kdpipe.errors import DataError
 from kdpipe.files import atomic_path, read_json, write_json
 from kdpipe.losses import TeacherOutputs
-from kdpipe.models import ConvNet
-from kdpipe.progress import bar
+from kdpipe.models import Tapped
+from kdpipe.progress import bar, say
 from kdpipe.runtime import exact_fp32
 
 FEATURE_DTYPE = np.float16
@@ -34,20 +36,38 @@ TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
 
 
 @torch.no_grad()
-def compute_targets(teacher: ConvNet, images: torch.Tensor, batch: int = 1000):
-    """One pass of the frozen teacher in full fp32 (no autocast, no TF32: the cache is exact):
-    (logits float32, feature maps float32), on the CPU."""
+def compute_targets(teacher, images: torch.Tensor, normalize, batch: int = 1000):
+    """One pass of the frozen teacher over uint8 `images` in full fp32 (no autocast, no TF32:
+    the cache is exact): (logits float32, feature maps float32), on the CPU."""
     teacher.eval()
     logits, features = [], []
     steps = bar(len(images), "teacher pass", "img")
     with exact_fp32(images.device):
         for start in range(0, len(images), batch):
-            out, fmap = teacher.forward_with_features(images[start:start + batch])
+            out, fmap = teacher.forward_with_features(normalize(images[start:start + batch]))
             logits.append(out.float().cpu())
-            features.append(fmap.float().cpu())
+            if fmap is not None:
+                features.append(fmap.float().cpu())
             steps.update(len(out))
     steps.close()
-    return torch.cat(logits), torch.cat(features)
+    return torch.cat(logits), torch.cat(features) if features else None
+
+
+def check_cache_fits(count: int, num_classes: int, feature_shape: tuple[int, ...] | None) -> int:
+    """The cache's size in bytes; refuses (with the numbers) if it would not fit in memory,
+    since every distill stage loads it whole, and warns past a quarter of free memory."""
+    import psutil
+
+    per_sample = 4 * num_classes + 2 * math.prod(feature_shape or (0,))
+    size, free = count * per_sample, psutil.virtual_memory().available
+    text = (f"the teacher-output cache takes {size / 2**20:,.0f} MiB ({count:,} samples x "
+            f"{per_sample:,} bytes) with {free / 2**20:,.0f} MiB of memory free")
+    if size > free / 2:
+        raise DataError(f"{text}: too much. Choose a smaller teacher.feature_layer, fewer or "
+                        "smaller images, or data.augment: true (the teacher then runs live)")
+    if size > free / 4:
+        say(f"warning: {text}")
+    return size
 
 
 def save_targets(folder: Path, meta: dict, logits: torch.Tensor | None = None,
@@ -59,6 +79,7 @@ def save_targets(folder: Path, meta: dict, logits: torch.Tensor | None = None,
     with atomic_path(folder, is_dir=True) as tmp:
         if logits is not None:
             np.save(tmp / TARGET_FILES["logits"], logits.numpy().astype(np.float32))
+        if features is not None:
             np.save(tmp / TARGET_FILES["features"], features.numpy().astype(FEATURE_DTYPE))
         write_json(tmp / "meta.json", meta)
 
@@ -74,6 +95,10 @@ class CachedTargets:
             if meta.get(key) != expected:
                 raise DataError(f"{folder} was computed from {what} ({key} {meta.get(key)}, "
                                 f"expected {expected}); run `dvc repro teacher_targets`")
+        for name in needs:
+            if not (Path(folder) / TARGET_FILES[name]).exists():
+                raise DataError(f"{folder} holds no teacher {name}: the teacher has no feature "
+                                "layer; set teacher.feature_layer")
         self.tensors = {name: torch.from_numpy(np.load(Path(folder) / TARGET_FILES[name]))
                         .to(device) for name in needs}
 
@@ -85,7 +110,7 @@ class LiveTeacher:
     """Runs the frozen teacher on the very batch the student sees (needed with augmentation,
     where the inputs change every epoch and a cache would be stale)."""
 
-    def __init__(self, teacher: ConvNet, autocast):
+    def __init__(self, teacher: Tapped, autocast):
         self.teacher = teacher.eval().requires_grad_(False)
         self.autocast = autocast
 
@@ -93,10 +118,10 @@ class LiveTeacher:
     def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
         with self.autocast():
             logits, features = self.teacher.forward_with_features(x)
-        return TeacherOutputs(logits.float(), features.float())
+        return TeacherOutputs(logits.float(), None if features is None else features.float())
 
 
-def teacher_source(augment: bool, teacher: ConvNet, teacher_saved: dict, autocast,
+def teacher_source(augment: bool, teacher: Tapped, teacher_saved: dict, autocast,
                    folder: Path, needs: tuple[str, ...], device: torch.device,
                    data_sha256: str):
     """The cache when the teacher's inputs never change; with augmentation the inputs change

@@ -203,7 +203,7 @@ def log_summary(summary: dict) -> None:
                         for split, counts in summary["counts"].items()})
 
 
-def log_model(model) -> str:
+def log_model(model, image_size: int = 32) -> str:
     """Log `model` (a CPU copy in eval mode) in MLflow's default pt2 format; return its model
     id. The example batch has 2 images: pt2 export freezes every dimension that is 1."""
     import mlflow
@@ -212,8 +212,9 @@ def log_model(model) -> str:
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
+    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
     info = mlflow.pytorch.log_model(
-        cpu_model, name="model", input_example=np.zeros((2, 3, 32, 32), dtype=np.float32),
+        cpu_model, name="model", input_example=example,
         # Explicit requirements: inferring them costs a subprocess (up to minutes) per model.
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_id

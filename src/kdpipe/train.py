@@ -19,7 +19,7 @@ from kdpipe.data import augment, batch_order
 from kdpipe.errors import DivergedError
 from kdpipe.evaluate import accuracy
 from kdpipe.losses import Objective, TeacherOutputs
-from kdpipe.models import ConvNet
+from kdpipe.models import Tapped
 from kdpipe.progress import EpochProgress, NoBar, say
 from kdpipe.runtime import Runtime
 
@@ -28,12 +28,13 @@ TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
 
 @dataclass
 class TrainData:
-    train_x: torch.Tensor  # float (N, 3, 32, 32), normalised, channels_last, on the device
+    train_x: torch.Tensor  # uint8 (N, 3, H, W) on the device, as prepared
     train_y: torch.Tensor  # int64 (N,)
     val_x: torch.Tensor    # held out of train; empty when data.val_fraction is 0
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> the model's input
 
     def curve(self) -> tuple[str, torch.Tensor, torch.Tensor]:
         """What each epoch is evaluated on: the validation split if there is one, else (as in
@@ -47,6 +48,7 @@ class TrainData:
 class Trained:
     history: list[dict]    # per epoch: epoch, train_loss, val_acc or test_acc, seconds
     images_seen: int
+    curve_acc: float       # the curve's accuracy (val_acc or test_acc) at the end
     test_acc: float        # on the test split, once, after the last epoch
 
     @property
@@ -58,7 +60,7 @@ class Trained:
         return sum(r["eval_seconds"] for r in self.history)
 
 
-def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
+def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
         runtime: Runtime, seed: int, *, teacher: TeacherSource | None = None,
         augment_batches: bool = False, checkpoint: Checkpoint | None = None,
         on_epoch: Callable[[dict], None] = lambda record: None,
@@ -99,14 +101,15 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
         steps = progress.steps(epoch, len(batches)) if progress else NoBar()
         for idx in batches:
             idx = idx.to(device, non_blocking=True)
-            x, y = data.train_x[idx], data.train_y[idx]
+            x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
             if augment_batches:
                 x = augment(x, augment_rng)
             targets = teacher(idx, x) if teacher else TeacherOutputs()
             step = compiled if len(idx) == cfg.batch_size else forward
             with runtime.autocast():
                 logits, features = step(x)
-                loss = objective(logits.float(), features.float(), y, targets)
+                features = None if features is None else features.float()
+                loss = objective(logits.float(), features, y, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -120,7 +123,8 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
         check_finite(losses, epoch, cfg.lr)  # also waits for the GPU: the epoch's time is real
         train_done = time.perf_counter()
         record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
-                  curve_name: accuracy(model, curve_x, curve_y, runtime.autocast),
+                  curve_name: accuracy(model, curve_x, curve_y, data.normalize,
+                                       runtime.autocast),
                   "train_seconds": train_done - start,
                   "eval_seconds": time.perf_counter() - train_done}
         history.append(record)
@@ -131,10 +135,11 @@ def fit(model: ConvNet, objective: Objective, data: TrainData, cfg: TrainConfig,
             checkpoint.save(snapshot(model, objective, optimizer, order_rng, augment_rng,
                                      device) | {"history": history} |
                             ({"scheduler": scheduler.state_dict()} if scheduler else {}))
-    test_acc = history[-1].get("test_acc")
-    if test_acc is None:  # curves used the validation split: the test split is seen once
-        test_acc = accuracy(model, data.test_x, data.test_y, runtime.autocast)
-    return Trained(history, len(data.train_y) * len(history), test_acc)
+    curve_acc = history[-1][curve_name] if history else \
+        accuracy(model, curve_x, curve_y, data.normalize, runtime.autocast)  # no epoch to train
+    test_acc = curve_acc if curve_name == "test_acc" else \
+        accuracy(model, data.test_x, data.test_y, data.normalize, runtime.autocast)  # seen once
+    return Trained(history, len(data.train_y) * len(history), curve_acc, test_acc)
 
 
 def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
