@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from kdpipe.tracking import store_lock
+from kdpipe.tracking import in_store, store_lock
 
 REGISTERED_MODEL = "kd-student"
 BEST_ALIAS = "best"
@@ -58,6 +58,8 @@ def register_best_student(method: str, record: dict, chosen_by: str) -> tuple[st
     client = mlflow.MlflowClient()
     tags = version_tags(method, record, chosen_by)
     moved = []
+    if not in_store([record["mlflow_model_id"]]):
+        return "none (its model is in another MLflow store)", moved
     with store_lock():
         known = client.search_model_versions(
             f"name = '{REGISTERED_MODEL}' and run_id = '{record['mlflow_run_id']}'")

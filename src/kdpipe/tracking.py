@@ -7,9 +7,11 @@ dvc.yaml. Never the current directory: queued experiments run in temp dirs that 
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -52,17 +54,47 @@ def store_lock() -> Iterator[None]:
 
 
 def probe(uri: str, timeout: float = 3.0) -> None:
-    """Fail within seconds if an HTTP tracking server is unreachable; MLflow's own client would
-    retry for minutes, after the compute is spent."""
+    """Fail within seconds, before any work, if an HTTP tracking server is unreachable or
+    refuses this client's credentials: MLflow's own client would retry for minutes, after the
+    compute is spent."""
     if not uri.startswith(("http://", "https://")):
         return
+    base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        urllib.request.urlopen(base + "/health", timeout=timeout).close()
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}). "
             "Start it (`mlflow server --host 127.0.0.1 --port 5000 ...`), fix "
             "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store.") from None
+    request = urllib.request.Request(
+        base + "/api/2.0/mlflow/experiments/search", method="POST", headers=auth_headers(),
+        data=json.dumps({"max_results": 1}).encode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise TrackingError(
+                f"MLflow tracking server {uri} rejected the credentials (401 Unauthorized): "
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if err.code == 403:
+            raise TrackingError(
+                f"MLflow tracking server {uri}: user {os.environ.get(USER_VAR, '?')!r} lacks "
+                "permission (403 Forbidden); ask its admin for EDIT on the experiment") from None
+    except (urllib.error.URLError, OSError):
+        pass  # reachable a moment ago; MLflow's own client reports anything else
+
+
+USER_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def auth_headers() -> dict:
+    """HTTP basic auth from MLflow's own variables, as its client sends it."""
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(USER_VAR):
+        token = f"{os.environ[USER_VAR]}:{os.environ.get(PASSWORD_VAR, '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+    return headers
 
 
 def set_experiment(name: str) -> str:
@@ -79,13 +111,22 @@ def set_experiment(name: str) -> str:
             experiment = client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
-            local = not uri.startswith(("http://", "https://"))
-            location = (repo_root() / "mlartifacts").as_uri() if local else None
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=artifact_location(uri))
         except MlflowException as err:
             raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
                                 f"({str(err).splitlines()[0]}); fix or unset "
                                 "MLFLOW_TRACKING_URI") from None
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (the repository root
+    for the default one; a shared folder for a store there, so that runs from temporary clones,
+    `dvc exp --queue` or cluster jobs, outlive them); a server's own choice otherwise."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts").as_uri()
+    return (repo_root() / "mlartifacts").as_uri()
 
 
 def git_commit() -> str:
@@ -250,7 +291,25 @@ def log_comparison(comparison: dict, files: list[Path], model_ids: list[str]) ->
     for path in files:
         mlflow.log_artifact(str(path))
     mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
-                                     models=[LoggedModelInput(m) for m in model_ids])
+                                     models=[LoggedModelInput(m) for m in in_store(model_ids)])
+
+
+def in_store(model_ids: list[str]) -> list[str]:
+    """The logged models this store holds. A model restored from DVC's run-cache was logged
+    where it was trained: the shared server, or another machine's own store (then it is not
+    here, and this run can only name it in its records)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, found = mlflow.MlflowClient(), []
+    for model_id in model_ids:
+        try:
+            client.get_logged_model(model_id)
+            found.append(model_id)
+        except MlflowException:
+            print(f"note: model {model_id} was logged to another MLflow store; set "
+                  "MLFLOW_TRACKING_URI to the shared server to link it", flush=True)
+    return found
 
 
 def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
