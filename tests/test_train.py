@@ -7,13 +7,17 @@ from kdpipe.checkpoint import Checkpoint
 from kdpipe.config import HintConfig, KDConfig, TrainConfig
 from kdpipe.errors import DivergedError
 from kdpipe.losses import HintRegressor, Objective, SoftTargetKD
-from kdpipe.models import DeepNN, LightNN
+from kdpipe.models import DeepNN, LightNN, Tapped
 from kdpipe.runs import seeded_student
 from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.train import fit
 
 TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
 META = {"data_sha256": "d", "teacher_run_id": "t"}  # what a cache was computed from
+
+
+def tapped(model: torch.nn.Module) -> Tapped:
+    return Tapped(model, "features")
 
 
 def weights(model):
@@ -42,7 +46,7 @@ def hint_objective() -> HintRegressor:
 
 def live_teacher(cpu) -> LiveTeacher:
     torch.manual_seed(6)
-    return LiveTeacher(DeepNN(), cpu.autocast)
+    return LiveTeacher(tapped(DeepNN()), cpu.autocast)
 
 
 @pytest.mark.parametrize("case", ["student", "student, cosine schedule",
@@ -129,10 +133,10 @@ def test_divergence_stops_with_epoch_step_and_a_hint(tiny_data, cpu):
 
 
 def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
-    teacher = DeepNN()
+    teacher = tapped(DeepNN())
     before = weights(teacher).clone()
     objective = SoftTargetKD(KDConfig(temperature=2.0, soft_target_weight=0.5, ce_weight=0.5))
-    fit(LightNN(), objective, tiny_data, TrainConfig(1, 1e-3, 64), cpu, seed=0,
+    fit(tapped(LightNN()), objective, tiny_data, TrainConfig(1, 1e-3, 64), cpu, seed=0,
         teacher=LiveTeacher(teacher, cpu.autocast))
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert torch.equal(weights(teacher), before)
@@ -146,7 +150,7 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
-    teacher = DeepNN().eval()
+    teacher = tapped(DeepNN()).eval()
     logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize)
     save_targets(tmp_path / "targets", META, logits, features)
     distill = load_config(ROOT / "params.yaml").distill
@@ -155,7 +159,7 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
     x, y = tiny_data.normalize(tiny_data.train_x[idx]), tiny_data.train_y[idx]
-    s_logits, s_features = LightNN().forward_with_features(x)
+    s_logits, s_features = tapped(LightNN()).forward_with_features(x)
     loss_cached = objective(s_logits, s_features, y, cached(idx, x))
     loss_live = objective(s_logits, s_features, y, live(idx, x))
     assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-4)
@@ -177,7 +181,7 @@ def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
 def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):
     from kdpipe.targets import teacher_source
 
-    teacher = DeepNN()
+    teacher = tapped(DeepNN())
     save_targets(tmp_path / "t", META, torch.zeros(200, 10), torch.zeros(200, 32, 8, 8))
     args = (teacher, {"mlflow_run_id": "t"}, cpu.autocast, tmp_path / "t", ("logits",),
             cpu.device, "d")
@@ -192,7 +196,7 @@ def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, 
 
 
 def test_distillation_with_augmentation_trains(tiny_data, cpu):
-    teacher = DeepNN()
+    teacher = tapped(DeepNN())
     objective = SoftTargetKD(KDConfig(temperature=4.0, soft_target_weight=0.5, ce_weight=0.5))
     result = fit(seeded_student("LightNN", 0, 10), objective, tiny_data, TWO_EPOCHS, cpu, seed=0,
                  teacher=LiveTeacher(teacher, cpu.autocast), augment_batches=True)

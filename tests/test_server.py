@@ -1,0 +1,149 @@
+"""A team's MLflow: `mlflow server` on PostgreSQL with basic-auth and artifacts proxied by the
+server. The pipeline records into it (runs, models, lineage, registry), a model loads back
+through it, a wrong password stops a stage before any work, and parallel queued experiments
+write to it without errors."""
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.project import clean_env, clone, ran_stages, sh
+from tests.test_safety import closed_port
+
+ADMIN, PASSWORD = "admin", "kd-test-password-1"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """`.ci/run` starts PostgreSQL and exports its URI; otherwise start one here."""
+    if os.environ.get("KDPIPE_TEST_POSTGRES"):
+        yield os.environ["KDPIPE_TEST_POSTGRES"]
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.skip("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb)")
+    out = sh(["bash", str(ROOT / "tests" / "postgres.sh"), "start"], ROOT)
+    values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    yield values["KDPIPE_TEST_POSTGRES"]
+    sh(["bash", str(ROOT / "tests" / "postgres.sh"), "stop", values["KDPIPE_TEST_POSTGRES_DIR"]],
+       ROOT)
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    (folder / "auth.ini").write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'auth.db'}\n"
+        f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = closed_port()
+    env = {**clean_env(), "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "kd-test-secret"}  # for CSRF protection
+    process = subprocess.Popen(
+        ["mlflow", "server", "--backend-store-uri", postgres, "--app-name", "basic-auth",
+         "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, env=env, stdout=open(folder / "log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, \
+                (folder / "log").read_text()[-2000:]
+            time.sleep(0.5)
+    yield url
+    os.killpg(process.pid, 15)  # the server and its workers
+    process.wait(timeout=30)
+
+
+def client_env(url: str, password: str = PASSWORD) -> dict:
+    return {**clean_env(), "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def use_experiment(repo: Path, name: str) -> None:
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("experiment: knowledge-distillation",
+                                                     f"experiment: {name}"))
+
+
+def test_the_pipeline_records_into_the_team_server(built, tmp_path, server, postgres):
+    import mlflow
+    import psycopg
+    import torch
+
+    repo = clone(built, tmp_path / "repo")
+    use_experiment(repo, "team")
+    env = client_env(server)
+    assert len(ran_stages(sh(["dvc", "repro", "-f"], repo, env))) == 9
+    os.environ.update({k: env[k] for k in env if k.startswith("MLFLOW_")})
+    try:
+        mlflow.set_tracking_uri(server)
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name("team")
+        runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+        assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs.values())
+        kd = client.get_run(runs["kd-42"].info.run_id)
+        assert kd.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied by the server
+        teacher_model = runs["teacher-42"].outputs.model_outputs[0].model_id
+        assert [m.model_id for m in kd.inputs.model_inputs] == [teacher_model]
+        best = client.get_model_version_by_alias("kd-student", "best")
+        assert best.tags["chosen_by"] == "val_acc"
+        model = mlflow.pytorch.load_model("models:/kd-student@best")  # through the server
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    finally:
+        for key in list(os.environ):
+            if key.startswith("MLFLOW_TRACKING_"):
+                del os.environ[key]
+        mlflow.set_tracking_uri(None)
+    with psycopg.connect(postgres) as db, db.cursor() as cursor:  # it is all in PostgreSQL
+        cursor.execute("SELECT count(*) FROM runs r JOIN experiments e "
+                       "ON r.experiment_id = e.experiment_id WHERE e.name = 'team'")
+        assert cursor.fetchone()[0] == 8
+        cursor.execute("SELECT count(*) FROM registered_model_aliases WHERE alias = 'best'")
+        assert cursor.fetchone()[0] >= 1
+
+
+def test_a_wrong_password_stops_a_stage_at_once_naming_the_cause(built, tmp_path, server):
+    repo = clone(built, tmp_path / "repo")
+    start = time.monotonic()
+    done = subprocess.run(["dvc", "repro", "-f", "-s", "train_student@42"], cwd=repo,
+                          env=client_env(server, password="wrong"),
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and time.monotonic() - start < 60
+    assert "rejected the credentials (401 Unauthorized): check MLFLOW_TRACKING_USERNAME" in (
+        done.stdout + done.stderr)
+    assert not (repo / "models" / "student-42.pt").exists()  # nothing trained or written
+
+
+def test_queued_experiments_write_to_the_server_in_parallel(built, tmp_path, server):
+    repo = clone(built, tmp_path / "repo")
+    use_experiment(repo, "team-queue")
+    sh(["git", "commit", "-qam", "record into team-queue"], repo)
+    env = client_env(server)
+    sh(["dvc", "exp", "run", "--queue", "-S", "distill.kd.temperature=1,4"], repo, env)
+    sh(["dvc", "queue", "start", "-j", "2"], repo, env)
+    deadline = time.monotonic() + 600
+    while "Running" in (status := sh(["dvc", "queue", "status"], repo, env)) or \
+            "Queued" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    import mlflow
+
+    mlflow.set_tracking_uri(server)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    try:
+        runs = mlflow.search_runs(experiment_names=["team-queue"], output_format="list")
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        mlflow.set_tracking_uri(None)
+    assert sorted(r.info.run_name for r in runs) == ["compare", "compare", "kd-42", "kd-42"]
+    assert all(r.info.status == "FINISHED" for r in runs)
