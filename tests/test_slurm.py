@@ -1,0 +1,78 @@
+"""`kdpipe.cluster submit` on a real single-node Slurm (tests/slurm.sh; Debian's slurm-wlm and
+munge): the quick pipeline with 2 seeds, one job per stage, results shared through a
+local-folder DVC remote, runs recorded on the team's MLflow server (PostgreSQL, basic-auth).
+Every job COMPLETED, the head has nothing left to run, MLflow holds a run per stage. Slow:
+`pytest -m slow tests/test_slurm.py -s` prints the wall time with 1 and with 2 CPU slots."""
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.project import QUICK, clean_env, copy_project, edit_params, ran_stages, sh
+from tests.test_server import ADMIN, PASSWORD, postgres, server  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not shutil.which("slurmctld"), reason="Slurm is not installed (apt-get install slurm-wlm "
+                                          "munge)")]
+
+
+@pytest.fixture
+def slurm(request) -> dict:
+    """A single-node Slurm with `request.param` CPU slots; its SLURM_CONF."""
+    script = str(ROOT / "tests" / "slurm.sh")
+    out = sh(["bash", script, "start", str(request.param)], ROOT)
+    values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    yield {**values, "slots": request.param}
+    sh(["bash", script, "stop", values["KDPIPE_TEST_SLURM_DIR"]], ROOT)
+
+
+def job_states(env: dict, ids: list[str]) -> dict[str, str]:
+    states = {}
+    for job in ids:
+        out = sh(["scontrol", "show", "job", job], ROOT, env)
+        states[job] = out.split("JobState=")[1].split()[0]
+    return states
+
+
+@pytest.mark.parametrize("slurm", [1, 2], indirect=True, ids=["1 slot", "2 slots"])
+def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noqa: F811
+    import mlflow
+
+    head = copy_project(tmp_path / "head")
+    experiment = f"slurm-{slurm['slots']}"
+    edit_params(head, {**QUICK, "seeds": [42, 43], "mlflow": {"experiment": experiment}})
+    sh(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote")], head)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "2 seeds"], head)
+    env = {**clean_env(), "SLURM_CONF": slurm["SLURM_CONF"], "MLFLOW_TRACKING_URI": server,
+           "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+           "PYTHONPATH": str(head / "src")}
+    start = time.monotonic()
+    out = sh(["python", "-m", "kdpipe.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
+              "--logs", str(tmp_path / "logs")], head, env)
+    jobs = re.findall(r"^(\d+)  \S+$", out, flags=re.M)  # "<job id>  <stage>" per job
+    assert len(jobs) == 13  # check_params, prepare, teacher, 2 students, targets, 6, compare
+    while sh(["squeue", "-h"], ROOT, env).strip():
+        assert time.monotonic() - start < 900, sh(["squeue"], ROOT, env)
+        time.sleep(1)
+    wall = time.monotonic() - start
+    states = job_states(env, jobs)
+    logs = "\n".join(p.read_text()[-600:] for p in sorted((tmp_path / "logs").iterdir()))
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
+    print(f"\n{slurm['slots']} Slurm CPU slot(s): 13 jobs done in {wall:.0f} s")
+
+    assert ran_stages(sh(["dvc", "repro", "--pull"], head, env)) == []  # all from run-cache
+    assert "up to date" in sh(["dvc", "status"], head, env)
+    mlflow.set_tracking_uri(server)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    try:
+        runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key)
+        mlflow.set_tracking_uri(None)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(["prepare", "teacher-42", "teacher_targets", "compare", *(
+        f"{m}-{s}" for s in (42, 43) for m in ("student", "kd", "cosine", "hint"))]), names
