@@ -26,17 +26,25 @@ def test_flattened_feature_sizes_are_2048_and_1024():
     assert torch.Size(STUDENT_FEATURES).numel() == 1024
 
 
-def test_inference_cost_is_measured_and_the_student_is_faster(tmp_path):
+def test_inference_cost_is_measured_and_the_student_is_cheaper(tmp_path):
+    """Latency itself depends on the machine's load, so it is only checked to be measured; that
+    the student is cheaper is checked on what does not: size and floating-point operations."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from kdpipe.inference import inference_cost
 
-    costs = {}
+    costs, flops = {}, {}
     for model in (DeepNN(), LightNN()):
-        path = tmp_path / f"{type(model).__name__}.pt"
+        name = type(model).__name__
+        path = tmp_path / f"{name}.pt"
         torch.save(model.state_dict(), path)
-        costs[type(model).__name__] = inference_cost(model, path, torch.device("cpu"),
-                                                     contextlib.nullcontext)
+        costs[name] = inference_cost(model, path, torch.device("cpu"), contextlib.nullcontext)
+        with FlopCounterMode(display=False) as counter:
+            model.eval()(torch.zeros(1, 3, 32, 32))
+        flops[name] = counter.get_total_flops()
     teacher, student = costs["DeepNN"], costs["LightNN"]
     assert teacher["size_mb"] == pytest.approx(1_186_986 * 4 / 2**20, rel=0.01)
     assert student["size_mb"] < teacher["size_mb"] / 4
-    assert 0 < student["inference_ms_batch1"] < teacher["inference_ms_batch1"]
-    assert student["inference_images_per_second"] > 3 * teacher["inference_images_per_second"]
+    for cost in (teacher, student):
+        assert 0 < cost["inference_ms_batch1"] < 10_000 and cost["inference_images_per_second"] > 0
+    assert flops["LightNN"] < flops["DeepNN"] / 4
