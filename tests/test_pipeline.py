@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.project import MODELS_PER_SEED, ran_stages, read_json
+from tests.project import MODELS_PER_SEED, clean_env, ran_stages, read_json
 from tests.test_safety import closed_port
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
@@ -158,7 +158,7 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
     server = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{built / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
