@@ -54,6 +54,23 @@ def clone(built: Path, dest: Path) -> Path:
     return dest
 
 
+def wait_for_server(url: str, process: subprocess.Popen, seconds: float = 120,
+                    log: Path | None = None) -> None:
+    """Until `url`/health answers; fails if the server process exits or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, \
+                log.read_text()[-2000:] if log else "no server"
+            time.sleep(0.5)
+
+
 def edit_params(repo: Path, changes: dict) -> None:
     """Merge `changes` (nested like params.yaml) into the repo's params.yaml."""
     path = repo / "params.yaml"

@@ -2,13 +2,12 @@
 writes every output and records every stage execution in MLflow with its lineage."""
 import json
 import subprocess
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.project import MODELS_PER_SEED, clean_env, ran_stages, read_json
+from tests.project import MODELS_PER_SEED, clean_env, ran_stages, read_json, wait_for_server
 from tests.test_safety import closed_port
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
@@ -161,14 +160,7 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
         cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.5)
+        wait_for_server(base, server)
         with urllib.request.urlopen(
                 f"{base}/api/2.0/mlflow/experiments/get-by-name"
                 "?experiment_name=knowledge-distillation", timeout=10) as response:

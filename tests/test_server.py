@@ -5,13 +5,12 @@ write to it without errors."""
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.project import clean_env, clone, ran_stages, sh
+from tests.project import clean_env, clone, ran_stages, sh, wait_for_server
 from tests.test_safety import closed_port
 
 ADMIN, PASSWORD = "admin", "kd-test-password-1"
@@ -49,15 +48,7 @@ def server(postgres, tmp_path_factory):
         cwd=folder, env=env, stdout=open(folder / "log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, \
-                (folder / "log").read_text()[-2000:]
-            time.sleep(0.5)
+    wait_for_server(url, process, log=folder / "log")
     yield url
     os.killpg(process.pid, 15)  # the server and its workers
     process.wait(timeout=30)

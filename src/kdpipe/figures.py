@@ -22,15 +22,19 @@ def draw_all(comparison: dict, runs: dict[str, list[dict]]) -> None:
         plt.close(fig)
 
 
+def mean_and_seeds(ax, x: float, mean: float, ci95: float | None, per_seed: list[float]):
+    """At x: the mean with its 95% CI (black) and, beside it, each seed's value (dots)."""
+    ax.errorbar(x, mean, yerr=ci95 or 0, fmt="o", capsize=6, color="black", zorder=3)
+    ax.scatter([x + 0.12] * len(per_seed), per_seed, alpha=0.6, s=18)
+
+
 def accuracy(comparison: dict):
     models = comparison["models"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for x, name in enumerate(models):
         row = models[name]
-        ax.errorbar(x, row["test_acc"], yerr=row["test_acc_ci95"] or 0, fmt="o", capsize=6,
-                    color="black", zorder=3)
-        per_seed = list(row["test_acc_per_seed"].values())
-        ax.scatter([x + 0.12] * len(per_seed), per_seed, alpha=0.6, s=18)
+        mean_and_seeds(ax, x, row["test_acc"], row["test_acc_ci95"],
+                       list(row["test_acc_per_seed"].values()))
     ax.set_xticks(range(len(models)), list(models))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy: mean ± 95% CI (black), each seed (dots)")
@@ -46,9 +50,7 @@ def gains(comparison: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.axhline(0, color="grey", linewidth=1)
     for x, gain in enumerate(methods.values()):
-        ax.errorbar(x, gain["mean"], yerr=gain["ci95"] or 0, fmt="o", capsize=6, color="black",
-                    zorder=3)
-        ax.scatter([x + 0.12] * len(gain["diffs"]), gain["diffs"], alpha=0.6, s=18)
+        mean_and_seeds(ax, x, gain["mean"], gain["ci95"], gain["diffs"])
         ax.annotate(gain["verdict"], (x, gain["mean"]), textcoords="offset points",
                     xytext=(10, -12), fontsize=8)
     ax.set_xticks(range(len(methods)), list(methods))
