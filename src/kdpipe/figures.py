@@ -28,6 +28,15 @@ def mean_and_seeds(ax, x: float, mean: float, ci95: float | None, per_seed: list
     ax.scatter([x + 0.12] * len(per_seed), per_seed, alpha=0.6, s=18)
 
 
+def labelled(fig, ax, names: list[str], ylabel: str, title: str):
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy(comparison: dict):
     models = comparison["models"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -35,12 +44,8 @@ def accuracy(comparison: dict):
         row = models[name]
         mean_and_seeds(ax, x, row["test_acc"], row["test_acc_ci95"],
                        list(row["test_acc_per_seed"].values()))
-    ax.set_xticks(range(len(models)), list(models))
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy: mean ± 95% CI (black), each seed (dots)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return labelled(fig, ax, list(models), "test accuracy (%)",
+                    "Test accuracy: mean ± 95% CI (black), each seed (dots)")
 
 
 def gains(comparison: dict):
@@ -53,12 +58,8 @@ def gains(comparison: dict):
         mean_and_seeds(ax, x, gain["mean"], gain["ci95"], gain["diffs"])
         ax.annotate(gain["verdict"], (x, gain["mean"]), textcoords="offset points",
                     xytext=(10, -12), fontsize=8)
-    ax.set_xticks(range(len(methods)), list(methods))
-    ax.set_ylabel("test accuracy gain over the baseline (pp)")
-    ax.set_title("Paired gain per seed (dots), mean ± 95% CI (black)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return labelled(fig, ax, list(methods), "test accuracy gain over the baseline (pp)",
+                    "Paired gain per seed (dots), mean ± 95% CI (black)")
 
 
 def curves(runs: dict[str, list[dict]]):
