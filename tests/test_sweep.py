@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from kdpipe.sweep import analyse, differing_keys, markdown, trained_models, verdict
+from kdpipe.sweep import analyse, differing_keys, experiments, markdown, trained_models, verdict
 from tests.project import clean_env, clone, edit_params, read_json, sh
 
 SEEDS = ("1", "2", "3", "4")
@@ -101,3 +101,20 @@ def test_the_sweep_command_reads_real_dvc_experiments(built, tmp_path):
                                filter_string="attributes.run_name = 'sweep'",
                                output_format="list")
     assert "summary/chosen_test_gain_vs_best" in run.data.metrics
+
+
+def test_a_failed_experiment_is_left_out(monkeypatch, capsys):
+    """DVC lists a failed queued run with the params it was given and the metrics of the files
+    it started from: counting it would credit the baseline's scores to its params."""
+    def entry(name, error=None):
+        data = {"params": {"params.yaml": {"data": {"seed": 42}}},
+                "metrics": {"metrics/models.json": {"data": {"student": {}}}}}
+        return {"rev": name * 8, "name": name, "error": error, "data": data}
+
+    shown = [{**entry("base"), "experiments": [
+        {"revs": [entry("good")]},
+        {"revs": [entry("bad", {"msg": "Experiment run failed", "type": ""})]}]}]
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, json.dumps(shown), ""))
+    assert [name for name, _, _ in experiments(False)] == ["base", "good"]
+    assert "left out experiment bad: Experiment run failed" in capsys.readouterr().err

@@ -66,6 +66,11 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
     found = []
 
     def visit(entry: dict) -> None:
+        if entry.get("error"):  # a failed run keeps the metrics of the files it started from
+            name = entry.get("name") or entry["rev"][:7]
+            print(f"left out experiment {name}: {entry['error'].get('msg') or 'failed'}",
+                  file=sys.stderr)
+            return
         data = entry.get("data") or {}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
         models = ((data.get("metrics") or {}).get("metrics/models.json") or {}).get("data")
