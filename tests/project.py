@@ -54,6 +54,11 @@ def clone(built: Path, dest: Path) -> Path:
     return dest
 
 
+def exports(script_output: str) -> dict[str, str]:
+    """The `export NAME=value` lines a start script (tests/postgres.sh, tests/slurm.sh) prints."""
+    return dict(line.removeprefix("export ").split("=", 1) for line in script_output.splitlines())
+
+
 def wait_for_server(url: str, process: subprocess.Popen, seconds: float = 120,
                     log: Path | None = None) -> None:
     """Until `url`/health answers; fails if the server process exits or time runs out."""

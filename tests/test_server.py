@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.project import clean_env, clone, ran_stages, sh, wait_for_server
+from tests.project import clean_env, clone, exports, ran_stages, sh, wait_for_server
 from tests.test_safety import closed_port
 
 ADMIN, PASSWORD = "admin", "kd-test-password-1"
@@ -25,7 +25,7 @@ def postgres():
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb)")
     out = sh(["bash", str(ROOT / "tests" / "postgres.sh"), "start"], ROOT)
-    values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    values = exports(out)
     yield values["KDPIPE_TEST_POSTGRES"]
     sh(["bash", str(ROOT / "tests" / "postgres.sh"), "stop", values["KDPIPE_TEST_POSTGRES_DIR"]],
        ROOT)
@@ -57,6 +57,19 @@ def server(postgres, tmp_path_factory):
 def client_env(url: str, password: str = PASSWORD) -> dict:
     return {**clean_env(), "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN,
             "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def server_runs(url: str, experiment: str) -> list:
+    """Every run of `experiment` on the server, read as the admin."""
+    import mlflow
+
+    mlflow.set_tracking_uri(url)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    try:
+        return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        mlflow.set_tracking_uri(None)
 
 
 def use_experiment(repo: Path, name: str) -> None:
@@ -127,14 +140,6 @@ def test_queued_experiments_write_to_the_server_in_parallel(built, tmp_path, ser
         assert time.monotonic() < deadline, status
         time.sleep(2)
     assert status.count("Success") == 2, status
-    import mlflow
-
-    mlflow.set_tracking_uri(server)
-    os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
-    try:
-        runs = mlflow.search_runs(experiment_names=["team-queue"], output_format="list")
-    finally:
-        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
-        mlflow.set_tracking_uri(None)
+    runs = server_runs(server, "team-queue")
     assert sorted(r.info.run_name for r in runs) == ["compare", "compare", "kd-42", "kd-42"]
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -3,7 +3,6 @@ munge): the quick pipeline with 2 seeds, one job per stage, results shared throu
 local-folder DVC remote, runs recorded on the team's MLflow server (PostgreSQL, basic-auth).
 Every job COMPLETED, the head has nothing left to run, MLflow holds a run per stage. Slow:
 `pytest -m slow tests/test_slurm.py -s` prints the wall time with 1 and with 2 CPU slots."""
-import os
 import re
 import shutil
 import time
@@ -11,8 +10,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.project import QUICK, clean_env, copy_project, edit_params, ran_stages, sh
-from tests.test_server import ADMIN, PASSWORD, postgres, server  # noqa: F401 (fixtures)
+from tests.project import QUICK, clean_env, copy_project, edit_params, exports, ran_stages, sh
+from tests.test_server import ADMIN, PASSWORD, postgres, server, server_runs  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not shutil.which("slurmctld"), reason="Slurm is not installed (apt-get install slurm-wlm "
@@ -24,7 +23,7 @@ def slurm(request) -> dict:
     """A single-node Slurm with `request.param` CPU slots; its SLURM_CONF."""
     script = str(ROOT / "tests" / "slurm.sh")
     out = sh(["bash", script, "start", str(request.param)], ROOT)
-    values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    values = exports(out)
     yield {**values, "slots": request.param}
     sh(["bash", script, "stop", values["KDPIPE_TEST_SLURM_DIR"]], ROOT)
 
@@ -39,7 +38,6 @@ def job_states(env: dict, ids: list[str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("slurm", [1, 2], indirect=True, ids=["1 slot", "2 slots"])
 def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noqa: F811
-    import mlflow
 
     head = copy_project(tmp_path / "head")
     experiment = f"slurm-{slurm['slots']}"
@@ -65,14 +63,7 @@ def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noq
 
     assert ran_stages(sh(["dvc", "repro", "--pull"], head, env)) == []  # all from run-cache
     assert "up to date" in sh(["dvc", "status"], head, env)
-    mlflow.set_tracking_uri(server)
-    os.environ.update(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=PASSWORD)
-    try:
-        runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-    finally:
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            os.environ.pop(key)
-        mlflow.set_tracking_uri(None)
+    runs = server_runs(server, experiment)
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["prepare", "teacher-42", "teacher_targets", "compare", *(
         f"{m}-{s}" for s in (42, 43) for m in ("student", "kd", "cosine", "hint"))]), names
