@@ -84,8 +84,9 @@ def bare_throughput(repo: Path, name: str) -> float:
     objective = Objective() if name in ("teacher", "student") else build_objective(name,
                                                                                    cfg.distill)
     folder = repo / "data" / "teacher_targets"
+    meta = read_json(folder / "meta.json")
     targets = CachedTargets(folder, objective.needs, torch.device("cpu"), prepared.digest,
-                            read_json(folder / "meta.json")["teacher_run_id"]) \
+                            meta["teacher_run_id"], meta.get("teacher_layer")) \
         if objective.needs else None
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=1e-3)
     n = len(data.train_y)

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from kdpipe.checkpoint import load_model
+from kdpipe.checkpoint import load_teacher
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Prepared
@@ -25,7 +25,8 @@ def main() -> None:
     cfg = load_config()
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
-    teacher, saved = load_model(model_file("teacher", cfg.seed), runtime.device)
+    teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
+                                  cfg.teacher.feature_layer)
     shapes = {}
     # Probing and building the objective (the hint regressor) draw on their own RNG, so the
     # student's initial weights and dropout masks stay those of the baseline of this seed.
@@ -39,8 +40,9 @@ def main() -> None:
         objective = build_objective(method, cfg.distill, **shapes)
     source = teacher_source(cfg.data.augment, teacher, saved, runtime.autocast, TARGETS_DIR,
                             objective.needs, runtime.device, prepared.digest)
-    params = {"seed": seed, **section(cfg, "device", "threads", "student", f"distill.{method}",
-                                      "data.augment", "data.mean", "data.std")}
+    params = {"seed": seed, **section(cfg, "device", "threads", "student", "teacher.feature_layer",
+                                      f"distill.{method}", "data.augment", "data.mean",
+                                      "data.std")}
     spec = ModelSpec(method, seed, "student", cfg.student, params)
     metrics = train_model(spec, cfg, runtime, objective, prepared, source, saved)
     print(f"{method} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")

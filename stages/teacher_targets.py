@@ -6,7 +6,7 @@ import math
 import time
 
 from kdpipe import tracking
-from kdpipe.checkpoint import load_model
+from kdpipe.checkpoint import load_teacher
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Normalize, Prepared, to_device
@@ -28,8 +28,10 @@ def main() -> None:
               "batch; nothing to cache")
         return
     runtime = setup(cfg)
-    teacher, saved = load_model(model_file("teacher", cfg.seed), runtime.device)
-    params = section(cfg, "device", "threads", "data.augment", "data.mean", "data.std")
+    teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
+                                  cfg.teacher.feature_layer)
+    params = section(cfg, "device", "threads", "teacher.feature_layer", "data.augment",
+                     "data.mean", "data.std")
     with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
@@ -41,7 +43,8 @@ def main() -> None:
         normalize = Normalize(cfg.data.mean, cfg.data.std, runtime.device)
         logits, features = compute_targets(teacher, images, normalize)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
-                                   "teacher_run_id": saved["mlflow_run_id"]}, logits, features)
+                                   "teacher_run_id": saved["mlflow_run_id"],
+                                   "teacher_layer": teacher.layer}, logits, features)
         metrics = {"cached_samples": len(logits),
                    "feature_values": math.prod(shape) if shape else 0,
                    "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from kdpipe import tracking
 from kdpipe.cli import run_stage
-from kdpipe.config import load_config, section
+from kdpipe.config import as_dict, load_config, section
 from kdpipe.data import Prepared
 from kdpipe.losses import Objective
 from kdpipe.paths import PREPARED_DIR
@@ -26,16 +26,18 @@ def main() -> None:
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else cfg.seed
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
-    params = {"seed": seed, **section(cfg, "device", "threads", name, "data.augment",
-                                      "data.mean", "data.std")}
-    spec = ModelSpec(name, seed, name, getattr(cfg, name), params)
+    # Plain training taps no features: the feature layer is the distilling stages' param.
+    train = replace(getattr(cfg, name), feature_layer="")
+    params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
+              **section(cfg, "device", "threads", "data.augment", "data.mean", "data.std")}
+    spec = ModelSpec(name, seed, name, train, params)
     if name == "teacher" and cfg.teacher.pretrained:
         path = tracking.repo_root() / cfg.teacher.pretrained
-        model = seeded_model(cfg.teacher, name, seed, len(prepared.classes), prepared.image_size)
+        model = seeded_model(train, name, seed, len(prepared.classes), prepared.image_size)
         weights, sha256 = pretrained_weights(path, model.model, cfg.teacher.arch)
         say(f"teacher: pretrained weights from {cfg.teacher.pretrained} (sha256 {sha256[:12]}),"
             " no training")
-        spec = replace(spec, train=replace(cfg.teacher, epochs=0), init=weights,
+        spec = replace(spec, train=replace(train, epochs=0), init=weights,
                        tags={"teacher.pretrained": cfg.teacher.pretrained,
                              "teacher.pretrained_sha256": sha256})
     metrics = train_model(spec, cfg, runtime, Objective(), prepared)

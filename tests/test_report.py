@@ -66,3 +66,24 @@ def test_every_figure_is_drawn_from_the_records(tmp_path, monkeypatch):
     draw_all(collect(runs), runs)
     for path in FIGURES.values():
         assert (tmp_path / path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verdicts_are_holm_adjusted_over_the_methods_compared():
+    """Alone, cosine (p = 0.0060) and kd (p = 0.034) would both beat the baseline. Among 3
+    methods Holm multiplies the smallest p by 3, the next by 2: cosine keeps its gain
+    (0.018), kd's becomes noise (0.068); hint (p = 0.62) stays noise."""
+    runs = records()
+    for name, tests in (("kd", (59.6, 61.0, 59.2)), ("cosine", (60.1, 61.0, 59.3)),
+                        ("hint", (58.0, 62.0, 58.5))):
+        for record, test in zip(runs[name], tests):
+            record["test_acc"] = test
+    gains = collect(runs)["gains"]
+    assert gains["cosine"]["p_value"] == pytest.approx(0.0060, abs=1e-4)
+    assert gains["cosine"]["p_holm"] == pytest.approx(0.0180, abs=1e-4)
+    assert gains["cosine"]["verdict"] == "beats the baseline"
+    assert gains["kd"]["p_value"] == pytest.approx(0.0339, abs=1e-4)
+    assert gains["kd"]["p_holm"] == pytest.approx(0.0678, abs=1e-4)
+    assert gains["kd"]["verdict"] == "within noise"
+    assert gains["hint"]["p_holm"] == pytest.approx(gains["hint"]["p_value"], abs=1e-4)
+    report = markdown(collect(runs))
+    assert "| p | p (Holm) | verdict |" in report and "Holm-adjusted over 3 method(s)" in report

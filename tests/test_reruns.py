@@ -38,7 +38,8 @@ READERS = {
     "teacher.code": ("stages/compare.py", ["train_teacher", "teacher_targets",
                                               "distill@kd-42", "distill@cosine-42",
                                               "distill@hint-42"]),  # its file is their dep
-    "teacher.feature_layer": ("features.4", ["train_teacher"]),
+    "teacher.feature_layer": ("features.4", ["teacher_targets", "distill@kd-42",
+                                             "distill@cosine-42", "distill@hint-42"]),
     "teacher.pretrained": ("teachers/deepnn.pt", ["train_teacher"]),
     "teacher.warmup_epochs": (1, ["train_teacher"]),
     "student.epochs": (2, STUDENTS),
@@ -47,7 +48,8 @@ READERS = {
     "student.schedule": ("cosine", STUDENTS),
     "student.arch": ("resnet18", STUDENTS),
     "student.code": ("src/kdpipe/losses.py", STUDENTS),
-    "student.feature_layer": ("features.3", STUDENTS),
+    "student.feature_layer": ("features.3", ["distill@kd-42", "distill@cosine-42",
+                                             "distill@hint-42"]),
     "student.warmup_epochs": (1, STUDENTS),
     "distill.kd.temperature": (4.0, ["distill@kd-42"]),
     "distill.kd.soft_target_weight": (0.5, ["distill@kd-42"]),
@@ -145,6 +147,9 @@ def test_adding_a_method_runs_only_its_stages_and_compare(built, tmp_path):
 
 def test_a_code_change_reruns_the_stages_that_import_it(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
+    for launcher in ("launch.py", "warm.py"):  # starts stages, computes nothing: reruns nothing
+        with open(repo / "src" / "kdpipe" / launcher, "a") as f:
+            f.write("\n# a launcher-only change\n")
     with open(repo / "src" / "kdpipe" / "report.py", "a") as f:
         f.write("\n# a report-only change\n")
     with open(repo / "stages" / "distill.py", "a") as f:

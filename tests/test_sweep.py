@@ -6,7 +6,15 @@ import subprocess
 
 import pytest
 
-from kdpipe.sweep import analyse, differing_keys, experiments, markdown, trained_models, verdict
+from kdpipe.sweep import (
+    analyse,
+    chosen_test_metrics,
+    differing_keys,
+    experiments,
+    markdown,
+    trained_models,
+    verdict,
+)
 from tests.project import clean_env, clone, edit_params, read_json, sh
 
 SEEDS = ("1", "2", "3", "4")
@@ -118,3 +126,10 @@ def test_a_failed_experiment_is_left_out(monkeypatch, capsys):
         a, 0, json.dumps(shown), ""))
     assert [name for name, _, _ in experiments(False)] == ["base", "good"]
     assert "left out experiment bad: Experiment run failed" in capsys.readouterr().err
+
+
+def test_a_p_value_of_zero_is_logged_as_zero_and_none_is_not_logged():
+    zero = chosen_test_metrics("vs_best", {"mean": 1.0, "p_value": 0.0})
+    assert zero == {"summary/chosen_test_gain_vs_best": 1.0, "summary/chosen_test_p_vs_best": 0.0}
+    one_seed = chosen_test_metrics("vs_same", {"mean": 0.5, "p_value": None})
+    assert one_seed == {"summary/chosen_test_gain_vs_same": 0.5}

@@ -13,7 +13,7 @@ from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_tar
 from kdpipe.train import fit
 
 TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
-META = {"data_sha256": "d", "teacher_run_id": "t"}  # what a cache was computed from
+META = {"data_sha256": "d", "teacher_run_id": "t", "teacher_layer": "features"}  # its inputs
 
 
 def tapped(model: torch.nn.Module) -> Tapped:
@@ -155,7 +155,8 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     save_targets(tmp_path / "targets", META, logits, features)
     distill = load_config(ROOT / "params.yaml").distill
     objective = build_objective(method, distill)
-    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t")
+    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t",
+                           "features")
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
     x, y = tiny_data.normalize(tiny_data.train_x[idx]), tiny_data.train_y[idx]
@@ -171,11 +172,15 @@ def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
     save_targets(tmp_path / "t", META, torch.zeros(2, 10), torch.zeros(2, 32, 8, 8))
     cpu = torch.device("cpu")
     with pytest.raises(DataError, match="other data than data/prepared"):
-        CachedTargets(tmp_path / "t", ("logits",), cpu, "other", "t")
+        CachedTargets(tmp_path / "t", ("logits",), cpu, "other", "t", "features")
     with pytest.raises(DataError, match="another teacher .teacher_run_id t, expected u"):
-        CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "u")
-    assert CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "t").tensors["logits"].shape == (
-        2, 10)
+        CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "u", "features")
+    with pytest.raises(DataError, match="another teacher.feature_layer .teacher_layer features, "
+                                        "expected conv"):
+        CachedTargets(tmp_path / "t", ("features",), cpu, "d", "t", "conv")
+    # logits do not depend on the tap: a logit-only method accepts any layer
+    assert CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "t", "conv").tensors[
+        "logits"].shape == (2, 10)
 
 
 def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):

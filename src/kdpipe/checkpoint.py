@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,6 @@ from kdpipe.errors import UnsafeCheckpointError
 from kdpipe.files import sha256_files, write_with
 from kdpipe.models import Tapped, build_model, default_feature_layer
 from kdpipe.paths import CHECKPOINT_DIR
-
-SRC_DIR = Path(__file__).parent
 
 
 def safe_load(path: str | Path) -> Any:
@@ -35,21 +34,24 @@ def safe_load(path: str | Path) -> Any:
             f"types, which could run code when unpickled ({str(err).splitlines()[0]})") from None
 
 
-def load_model(path: Path, device: torch.device) -> tuple[Tapped, dict]:
-    """A model saved by a training stage, tapped at the layer it was trained with, on
-    `device`, plus its saved dict."""
+def load_teacher(path: Path, device: torch.device, layer: str) -> tuple[Tapped, dict]:
+    """The teacher saved by its training stage, on `device`, tapped at `layer` (params
+    `teacher.feature_layer`; "" = the architecture's default), plus its saved dict. The tap is
+    the distilling stages' choice, not the teacher's: changing it never retrains the teacher."""
     saved = safe_load(path)
     model = build_model(saved["arch"], len(saved["classes"]), saved.get("image_size", 32))
     model.load_state_dict(saved["state_dict"])
-    layer = saved.get("feature_layer", default_feature_layer(model))
-    tapped = Tapped(model, layer, key="teacher.feature_layer")
+    tapped = Tapped(model, layer or default_feature_layer(model), key="teacher.feature_layer")
     return tapped.to(device, memory_format=torch.channels_last), saved
 
 
 def run_key(*parts: Any, files: list[Path] = ()) -> str:
-    """A digest of `parts` (JSON-able: params, data digests), of the project's code and of
+    """A digest of `parts` (JSON-able: params, data digests), of the project modules this
+    process has imported (what the stage runs: the same modules dvc.yaml lists as its deps, so
+    editing any other file, e.g. kdpipe.sweep, keeps a killed stage's checkpoint usable) and of
     `files` (the stage's own script)."""
-    code = sorted(SRC_DIR.glob("*.py")) + list(files)
+    code = sorted(Path(m.__file__) for name, m in list(sys.modules.items())
+                  if name.startswith("kdpipe.") and getattr(m, "__file__", None)) + list(files)
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256((text + sha256_files(code)).encode()).hexdigest()
 

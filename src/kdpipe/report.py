@@ -6,7 +6,7 @@ import statistics
 
 from kdpipe.files import read_json
 from kdpipe.paths import FIGURES, seed_metrics_file
-from kdpipe.stats import paired_gain, summarize, verdict
+from kdpipe.stats import holm, paired_gain, summarize, verdict
 
 DESCRIPTIONS = {  # model name -> what it is
     "teacher": "teacher (cross-entropy)",
@@ -57,16 +57,24 @@ def collect(runs: dict[str, list[dict]]) -> dict:
     for row in models.values():
         row["delta_vs_student"] = round(row["test_acc"] - models["student"]["test_acc"], 3)
         row["speedup_vs_teacher"] = round(row["inference_images_per_second"] / teacher_speed, 2)
+    raw = {m: paired_gain([r["test_acc"] for r in runs[m]],
+                          [r["test_acc"] for r in runs["student"]]) for m in methods}
+    # Every method is tested against the same baseline at once: the verdicts use Holm-adjusted
+    # p-values, so more methods do not mean more chances of a gain that is only noise.
+    adjusted = holm([gain["p_value"] for gain in raw.values()])
     gains = {}
-    for method in methods:
-        gain = paired_gain([r["test_acc"] for r in runs[method]],
-                           [r["test_acc"] for r in runs["student"]])
+    for (method, gain), p_holm in zip(raw.items(), adjusted):
+        gain["p_holm"] = p_holm
         gains[method] = {**{k: v if v is None or k == "diffs" else round(v, 4)
-                            for k, v in gain.items()}, "verdict": verdict(gain)}
+                            for k, v in gain.items()}, "verdict": verdict(gain, "p_holm")}
     best = max(["student", *methods], key=lambda name: models[name][choose_by])
     best_run = max(runs[best], key=lambda r: r[choose_by])
     return {"models": models, "gains": gains, "choose_by": choose_by, "best_student": best,
             "best_seed": best_run["seed"], "best_run": best_run}
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3f}"
 
 
 def _pm(value: float, ci: float | None, sign: str = "") -> str:
@@ -79,14 +87,13 @@ def markdown(comparison: dict) -> str:
     lines = ["# Knowledge distillation: comparison", "",
              f"Students: {len(seeds)} seed(s) {seeds}; teacher: seed {teacher_seed}. Accuracy: "
              "mean ± 95% CI half-width (t-distribution) over seeds, test split.", "",
-             "| model | params | test acc % | gain vs student (pp) | p | verdict | size MB "
-             "| latency ms (batch 1) | img/s (batch 256) | speed-up vs teacher | train s "
-             "| stage wall s |", "|---|" + "---:|" * 4 + "---|" + "---:|" * 6]
+             "| model | params | test acc % | gain vs student (pp) | p | p (Holm) | verdict "
+             "| size MB | latency ms (batch 1) | img/s (batch 256) | speed-up vs teacher "
+             "| train s | stage wall s |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 6]
     for name, row in models.items():
         label, gain = DESCRIPTIONS[name], gains.get(name)
-        gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"),
-                       "–" if gain["p_value"] is None else f"{gain['p_value']:.3f}",
-                       gain["verdict"]] if gain else ["", "", ""])
+        gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"), _p(gain["p_value"]),
+                       _p(gain["p_holm"]), gain["verdict"]] if gain else ["", "", "", ""])
         lines.append(" | ".join([
             f"| **{name}**: {label}", f"{row['num_params']:,.0f}",
             _pm(row["test_acc"], row["test_acc_ci95"]),
@@ -104,9 +111,11 @@ def markdown(comparison: dict) -> str:
     for method, gain in gains.items():
         lines.append(f"- **{method}** {gain['verdict']}: {gain['mean']:+.2f} pp"
                      + (f" (95% CI ± {gain['ci95']:.2f}, paired t-test p = "
-                        f"{gain['p_value']:.3f})" if gain["p_value"] is not None else ""))
+                        f"{gain['p_value']:.3f}, Holm-adjusted over {len(gains)} method(s) "
+                        f"p = {gain['p_holm']:.3f})" if gain["p_value"] is not None else ""))
     lines += ["", "Gain: per-seed difference from the baseline student trained with the same "
-              "seed (same initial weights and batch order). Inference: medians of timed forward "
+              "seed (same initial weights and batch order); the verdict uses p (Holm), the "
+              "paired t-test's p adjusted for the number of methods compared. Inference: medians of timed forward "
               "passes after warm-up, on the device each stage ran on; speed-up = batch-256 "
               "throughput over the teacher's. Train s excludes evaluation; stage wall s "
               "includes process start, imports, evaluation and MLflow logging.", ""]
@@ -121,6 +130,7 @@ def summary_metrics(comparison: dict) -> dict:
                                                      "delta_vs_student", "speedup_vs_teacher")
                         if k in models[name]} for name in models}
     for method, gain in comparison["gains"].items():
-        out[method] |= {"gain_ci95": gain["ci95"], "gain_p_value": gain["p_value"]}
+        out[method] |= {"gain_ci95": gain["ci95"], "gain_p_value": gain["p_value"],
+                        "gain_p_holm": gain["p_holm"]}
     out["best_student_test_acc"] = models[comparison["best_student"]]["test_acc"]
     return out

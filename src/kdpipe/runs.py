@@ -97,8 +97,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         ids = {"mlflow_run_id": run.info.run_id,
                "mlflow_model_id": tracking.log_model(model.model, prepared.image_size)}
         saved_file = model_file(spec.name, spec.seed)
-        save_tensors(saved_file, {"arch": spec.train.arch, "feature_layer": model.layer,
-                                  "image_size": prepared.image_size,
+        save_tensors(saved_file, {"arch": spec.train.arch, "image_size": prepared.image_size,
                                   "state_dict": model.model.state_dict(),
                                   "classes": prepared.classes, "config": spec.params,
                                   "data_sha256": prepared.digest, "inputs": inputs, **ids})

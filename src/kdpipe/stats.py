@@ -33,10 +33,12 @@ def paired_gain(method: list[float], baseline: list[float]) -> dict:
     return {"diffs": diffs, **summary, "p_value": p}
 
 
-def verdict(gain: dict) -> str:
-    if gain["p_value"] is None:
+def verdict(gain: dict, p_key: str = "p_value") -> str:
+    """The gain called by its p-value at `p_key` (p_holm where several were tested at once)."""
+    p = gain.get(p_key)
+    if p is None:
         return "one seed: no test"
-    if gain["p_value"] < ALPHA:
+    if p < ALPHA:
         return "beats the baseline" if gain["mean"] > 0 else "worse than the baseline"
     return "within noise"
 

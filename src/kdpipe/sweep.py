@@ -242,6 +242,14 @@ def summary(result: dict, keys: list[str]) -> dict:
             "chosen": row(chosen) if chosen else None, "chosen_test": result["test"]}
 
 
+def chosen_test_metrics(name: str, gain: dict) -> dict:
+    """The chosen setting's test gain as MLflow metrics; its p only where there is one (one
+    seed: no test), and a p of 0 stays 0."""
+    p = gain["p_value"]
+    return {f"summary/chosen_test_gain_{name}": gain["mean"],
+            **({f"summary/chosen_test_p_{name}": p} if p is not None else {})}
+
+
 def log_to_mlflow(files: list[Path], data: dict) -> None:
     from kdpipe import tracking
     from kdpipe.config import load_config
@@ -254,8 +262,7 @@ def log_to_mlflow(files: list[Path], data: dict) -> None:
         test = data["chosen_test"] or {}
         for name, gain in test.items():
             if gain:
-                mlflow.log_metrics({f"summary/chosen_test_gain_{name}": gain["mean"],
-                                    f"summary/chosen_test_p_{name}": gain["p_value"] or 1.0})
+                mlflow.log_metrics(chosen_test_metrics(name, gain))
 
 
 def main(argv: list[str] | None = None) -> None:

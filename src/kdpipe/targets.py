@@ -4,7 +4,8 @@ The cache holds, per training sample (same order as the prepared train split):
     logits.npy    float32 (N, classes)
     features.npy  float16 (N, ...): the teacher's output at teacher.feature_layer ((32, 8, 8),
                   its last feature map, for the tutorial's DeepNN); absent if it has none
-    meta.json     the prepared data's digest and the teacher's MLflow run id it was made from
+    meta.json     the prepared data's digest, the teacher's MLflow run id and the layer it was
+                  made from
 The cosine target (2048 -> 1024 average pool) is derived from the feature map on the fly,
 so each thing is stored once. With data.augment the inputs change every epoch, so there is
 nothing to cache: the folder then holds only meta.json, and distillation runs the teacher live.
@@ -88,10 +89,13 @@ class CachedTargets:
     """Looks up cached teacher outputs by sample index; loads only what the objective needs."""
 
     def __init__(self, folder: Path, needs: tuple[str, ...], device: torch.device,
-                 data_sha256: str, teacher_run_id: str):
+                 data_sha256: str, teacher_run_id: str, teacher_layer: str | None):
         meta = read_json(Path(folder) / "meta.json")
-        for key, expected, what in (("data_sha256", data_sha256, "other data than data/prepared"),
-                                    ("teacher_run_id", teacher_run_id, "another teacher")):
+        checks = [("data_sha256", data_sha256, "other data than data/prepared"),
+                  ("teacher_run_id", teacher_run_id, "another teacher")]
+        if "features" in needs:
+            checks.append(("teacher_layer", teacher_layer, "another teacher.feature_layer"))
+        for key, expected, what in checks:
             if meta.get(key) != expected:
                 raise DataError(f"{folder} was computed from {what} ({key} {meta.get(key)}, "
                                 f"expected {expected}); run `dvc repro teacher_targets`")
@@ -128,4 +132,5 @@ def teacher_source(augment: bool, teacher: Tapped, teacher_saved: dict, autocast
     every epoch, so the teacher must see the student's very batch."""
     if augment:
         return LiveTeacher(teacher, autocast)
-    return CachedTargets(folder, needs, device, data_sha256, teacher_saved["mlflow_run_id"])
+    return CachedTargets(folder, needs, device, data_sha256, teacher_saved["mlflow_run_id"],
+                         teacher.layer)
