@@ -30,18 +30,18 @@ def main() -> None:
     runtime = setup(cfg)
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
-    params = section(cfg, "device", "threads", "teacher.feature_layer", "data.augment",
-                     "data.mean", "data.std")
+    params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
+                     "data.augment", "data.mean", "data.std")
     with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
         shape = feature_shape(teacher, prepared.image_size) if teacher.layer else None
         check_cache_fits(len(images), len(prepared.classes), shape)
-        say(f"teacher pass over {len(images):,} training images")
+        say(f"teacher pass over {len(images):,} training images in {runtime.precision}")
         start = time.perf_counter()
         normalize = Normalize(cfg.data.mean, cfg.data.std, runtime.device)
-        logits, features = compute_targets(teacher, images, normalize)
+        logits, features = compute_targets(teacher, images, normalize, runtime.autocast)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
                                    "teacher_run_id": saved["mlflow_run_id"],
                                    "teacher_layer": teacher.layer}, logits, features)

@@ -61,6 +61,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("teacher.batch_size", 0, "an integer >= 1"),
     ("teacher.batch_size", 12.5, "an integer >= 1"),
     ("device", "tpu", "auto | cuda | cpu"),
+    ("precision", "fp16", "auto | fp32 | bf16"),
     ("data.augment", "yes", "true or false"),
     ("data.limit_train", -5, "an integer >= 0"),
     ("student.epochs", True, "an integer >= 1"),

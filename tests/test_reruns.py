@@ -20,6 +20,7 @@ READERS = {
     "seeds": ([42, 43], ["compare", "train_student@43", "distill@kd-43", "distill@cosine-43",
                          "distill@hint-43"]),
     "device": ("cpu", [*TRAINING, "teacher_targets"]),
+    "precision": ("bf16", [*TRAINING, "teacher_targets"]),
     "threads": (1, [*TRAINING, "teacher_targets"]),
     "compile": (True, []),  # a speed switch: changes no result
     "data.source": ("elsewhere.tar.gz", ["prepare"]),

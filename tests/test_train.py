@@ -151,7 +151,8 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
 
     torch.manual_seed(0)
     teacher = tapped(DeepNN()).eval()
-    logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize)
+    logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
+                                       cpu.autocast)
     save_targets(tmp_path / "targets", META, logits, features)
     distill = load_config(ROOT / "params.yaml").distill
     objective = build_objective(method, distill)

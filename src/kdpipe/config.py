@@ -190,6 +190,7 @@ class MlflowConfig:
 
 
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,13 @@ class Config:
     student: TrainConfig
     distill: DistillConfig
     mlflow: MlflowConfig
+    # bf16 autocast (losses, softmax and caches stay fp32) or full fp32; auto: bf16 where the
+    # device computes it in hardware (GPU capability >= 8.0, CPU with AMX), else fp32.
+    precision: str = rule(" | ".join(PRECISIONS), lambda v: v in PRECISIONS, default="auto")
     # CPU threads for torch; 0 keeps torch's default (one per core).
     threads: int = rule("an integer >= 0 (0 = torch's default)", lambda v: v >= 0, default=0)
-    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off). A
-    # speed switch: no stage declares it, so flipping it reruns nothing.
+    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off:
+    # docs/performance.md). A speed switch: no stage declares it, so flipping it reruns nothing.
     compile: bool = False
 
 

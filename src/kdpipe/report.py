@@ -19,6 +19,7 @@ DESCRIPTIONS = {  # model name -> what it is
 }
 COST_KEYS = ("num_params", "size_mb", "inference_ms_batch1", "inference_images_per_second",
              "train_seconds", "train_images_per_second", "wall_seconds", "peak_rss_mb")
+BF16_KEYS = ("inference_ms_batch1_bf16", "inference_images_per_second_bf16")  # native bf16 only
 
 
 def read_runs(teacher_seed: int, seeds: list[int], methods: list[str]) -> dict[str, list[dict]]:
@@ -41,7 +42,8 @@ def aggregate(runs: list[dict]) -> dict:
             out |= {key: round(summary["mean"], 3), f"{key}_std": round(summary["std"], 3),
                     f"{key}_ci95": None if summary["ci95"] is None else round(summary["ci95"], 3),
                     f"{key}_per_seed": {str(r["seed"]): r[key] for r in runs}}
-    for key in COST_KEYS:
+    out["precision"] = ", ".join(sorted({r.get("precision", "fp32") for r in runs}))
+    for key in COST_KEYS + tuple(k for k in BF16_KEYS if all(k in r for r in runs)):
         out[key] = round(statistics.fmean(r[key] for r in runs), 3)
     return out
 
@@ -100,6 +102,7 @@ def markdown(comparison: dict) -> str:
             *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
             f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
             f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"]) + " |")
+    lines += bf16_lines(models)
     best, choose_by = comparison["best_student"], comparison["choose_by"]
     lines += ["", f"Chosen by mean `{choose_by}`: **{best}**; its seed {comparison['best_seed']}"
               f" (best `{choose_by}` of the method) is registered as `kd-student`.", ""]
@@ -115,12 +118,26 @@ def markdown(comparison: dict) -> str:
                         f"p = {gain['p_holm']:.3f})" if gain["p_value"] is not None else ""))
     lines += ["", "Gain: per-seed difference from the baseline student trained with the same "
               "seed (same initial weights and batch order); the verdict uses p (Holm), the "
-              "paired t-test's p adjusted for the number of methods compared. Inference: medians of timed forward "
-              "passes after warm-up, on the device each stage ran on; speed-up = batch-256 "
+              "paired t-test's p adjusted for the number of methods compared. Inference: "
+              "medians of timed forward passes after warm-up, on the device each stage ran on, "
+              "in fp32 (and bf16 where the device computes it natively); speed-up = batch-256 "
               "throughput over the teacher's. Train s excludes evaluation; stage wall s "
               "includes process start, imports, evaluation and MLflow logging.", ""]
     lines += [f"![{name}]({path.name})" for name, path in FIGURES.items()]
     return "\n".join(lines) + "\n"
+
+
+def bf16_lines(models: dict) -> list[str]:
+    """What each model trained in, and what bf16 buys at inference where it was measured."""
+    trained = ", ".join(f"{name} {row['precision']}" for name, row in models.items())
+    lines = ["", f"Trained and evaluated in: {trained}."]
+    for name, row in models.items():
+        if "inference_images_per_second_bf16" in row:
+            ratio = row["inference_images_per_second_bf16"] / row["inference_images_per_second"]
+            lines.append(f"- {name} in bf16: {row['inference_ms_batch1_bf16']:.2f} ms at batch "
+                         f"1, {row['inference_images_per_second_bf16']:,.0f} img/s at batch 256 "
+                         f"({ratio:.2f}x fp32)")
+    return lines
 
 
 def summary_metrics(comparison: dict) -> dict:

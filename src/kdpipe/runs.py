@@ -78,7 +78,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
         if teacher_saved else {}
     key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs,
-                  runtime.device.type, torch.get_num_threads(), files=[Path(sys.argv[0])])
+                  runtime.device.type, runtime.precision, torch.get_num_threads(),
+                  files=[Path(sys.argv[0])])
     checkpoint = Checkpoint(spec.run_name, key)
     resumed = checkpoint.load()
     run_id = resumed["mlflow_run_id"] if resumed else None
@@ -119,6 +120,7 @@ def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
     speed = result.images_seen / result.train_seconds if result.train_seconds else 0.0
     return {
         "seed": spec.seed,
+        "precision": runtime.precision,  # what it trained and was evaluated in
         "test_acc": result.test_acc,
         **({curve: result.curve_acc} if curve != "test_acc" else {}),
         "num_params": count_params(model),
@@ -126,8 +128,7 @@ def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
         "train_seconds": round(result.train_seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
         "train_images_per_second": round(speed, 1),
-        **inference_cost(model.model, saved_file, runtime.device, runtime.autocast,
-                         image_size),
+        **inference_cost(model.model, saved_file, runtime.device, image_size),
         **stage_cost(),  # last: the wall time covers everything the stage did before it
     }
 

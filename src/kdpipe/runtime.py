@@ -16,6 +16,7 @@ import torch
 
 from kdpipe.config import Config
 from kdpipe.errors import ConfigError
+from kdpipe.progress import say
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class Runtime:
     amp_dtype: torch.dtype | None  # autocast dtype, None = full fp32
     compile: bool
 
+    @property
+    def precision(self) -> str:
+        """What params `precision` resolved to here: bf16 or fp32."""
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -31,26 +37,57 @@ class Runtime:
 
 
 def setup(cfg: Config) -> Runtime:
-    """Resolve `cfg.device`, set the thread count and the fast-math switches."""
+    """Resolve `cfg.device` and `cfg.precision`, set the thread count and the fast-math
+    switches."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': CUDA is not available on this machine; "
                           "expected auto | cpu here")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if use_cuda else "cpu")
+    amp_dtype = resolve_precision(cfg.precision, device)
     if not use_cuda:
-        # fp32 on CPU keeps reruns bit-reproducible; compile is not worth its start-up here.
-        return Runtime(torch.device("cpu"), None, False)
+        # compile is not worth its start-up on CPU (measured: docs/performance.md).
+        return Runtime(device, amp_dtype, False)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    set_tf32(True)
-    return Runtime(torch.device("cuda"), native_bf16(), cfg.compile)
+    set_tf32(cfg.precision != "fp32")  # fp32 means IEEE fp32: no TF32 tensor cores either
+    return Runtime(device, amp_dtype, cfg.compile)
 
 
-def native_bf16() -> torch.dtype | None:
-    """bf16 autocast only where the GPU computes bf16 natively (compute capability >= 8.0,
-    Ampere and later). `torch.cuda.is_bf16_supported()` also says yes where bf16 is emulated,
-    which is slower than plain fp32."""
-    return torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else None
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for params `precision`: fp32 -> None; bf16 -> bfloat16 (said once
+    when the device has no bf16 hardware: it then runs slower than fp32); auto -> bfloat16
+    where the device computes bf16 natively, else None. Decided from the hardware, never from
+    a timing, so a run does not depend on how busy the machine was."""
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        say(f"precision: bf16 on a {device.type} without bf16 hardware is emulated, slower "
+            "than fp32 (precision: auto picks fp32 here)")
+    if precision == "bf16" or (precision == "auto" and native):
+        return torch.bfloat16
+    return None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware. GPUs: compute capability >= 8.0 (Ampere and
+    later); `torch.cuda.is_bf16_supported()` also says yes where bf16 is emulated. CPUs: the
+    AMX tiles (`amx_bf16`), where oneDNN's bf16 convolutions and matmuls were measured 2.3-3.2x
+    faster than fp32 for this project's models (docs/performance.md); AVX-512 BF16 alone is
+    not counted, as no speed-up has been measured there."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            line = next((ln for ln in info if ln.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
 
 
 def set_tf32(enabled: bool) -> None:
@@ -59,20 +96,6 @@ def set_tf32(enabled: bool) -> None:
     mode = "tf32" if enabled else "ieee"
     torch.backends.cuda.matmul.fp32_precision = mode
     torch.backends.cudnn.conv.fp32_precision = mode
-
-
-@contextlib.contextmanager
-def exact_fp32(device: torch.device):
-    """Full fp32 (no autocast, no TF32) inside the block, e.g. for outputs stored as exact."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    set_tf32(False)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
 
 
 def seed_everything(seed: int) -> None:
@@ -91,7 +114,8 @@ def environment(runtime: Runtime) -> dict:
         "device_name": name or platform.machine(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "amp_dtype": str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "fp32",
+        "precision": runtime.precision,
+        "cpu_bf16_flags": " ".join(sorted(f for f in cpu_flags() if "bf16" in f)) or "none",
         "compile": runtime.compile,
     }
 

@@ -30,7 +30,8 @@ from kdpipe.config import flat
 from kdpipe.files import write_json, write_text, write_with
 from kdpipe.stats import ALPHA, holm, paired_gain
 
-COMMON = ("seed", "device", "threads", "data.", "teacher.")  # must match across a sweep
+# must match across a sweep
+COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
 
 
 @dataclass

@@ -30,26 +30,25 @@ from kdpipe.files import atomic_path, read_json, write_json
 from kdpipe.losses import TeacherOutputs
 from kdpipe.models import Tapped
 from kdpipe.progress import bar, say
-from kdpipe.runtime import exact_fp32
 
 FEATURE_DTYPE = np.float16
 TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
 
 
 @torch.no_grad()
-def compute_targets(teacher, images: torch.Tensor, normalize, batch: int = 1000):
-    """One pass of the frozen teacher over uint8 `images` in full fp32 (no autocast, no TF32:
-    the cache is exact): (logits float32, feature maps float32), on the CPU."""
+def compute_targets(teacher, images: torch.Tensor, normalize, autocast, batch: int = 1000):
+    """One pass of the frozen teacher over uint8 `images` in the run's precision (`autocast`,
+    as a live teacher runs): (logits float32, feature maps float32), on the CPU."""
     teacher.eval()
     logits, features = [], []
     steps = bar(len(images), "teacher pass", "img")
-    with exact_fp32(images.device):
-        for start in range(0, len(images), batch):
+    for start in range(0, len(images), batch):
+        with autocast():
             out, fmap = teacher.forward_with_features(normalize(images[start:start + batch]))
-            logits.append(out.float().cpu())
-            if fmap is not None:
-                features.append(fmap.float().cpu())
-            steps.update(len(out))
+        logits.append(out.float().cpu())
+        if fmap is not None:
+            features.append(fmap.float().cpu())
+        steps.update(len(out))
     steps.close()
     return torch.cat(logits), torch.cat(features) if features else None
 

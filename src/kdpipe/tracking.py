@@ -230,8 +230,9 @@ def log_final(metrics: dict, env: dict) -> None:
     machine they were measured on."""
     import mlflow
 
-    final = {k: v for k, v in metrics.items()
-             if k == "test_acc" or k not in (*EPOCH_METRICS, "seed")}  # seed: a param
+    final = {k: v for k, v in metrics.items()  # seed: a param; precision: an env tag
+             if k == "test_acc" or (k not in (*EPOCH_METRICS, "seed")
+                                    and isinstance(v, (int, float)))}
     mlflow.log_metrics({k if k == "test_acc" else f"stage/{k}": float(v) for k, v in final.items()})
     mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
 

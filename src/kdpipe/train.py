@@ -108,8 +108,10 @@ def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
             step = compiled if len(idx) == cfg.batch_size else forward
             with runtime.autocast():
                 logits, features = step(x)
-                features = None if features is None else features.float()
-                loss = objective(logits.float(), features, y, targets)
+            # The objective outside autocast, on fp32 outputs: every softmax, log-softmax,
+            # cross-entropy, KL and regressor runs in fp32 whatever the forward pass ran in.
+            features = None if features is None else features.float()
+            loss = objective(logits.float(), features, y, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

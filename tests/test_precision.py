@@ -1,0 +1,116 @@
+"""params `precision`: auto resolves from the hardware (never from a timing), bf16 autocasts only
+the forward passes (every loss runs in fp32), and within one precision and one machine a rerun
+is bit-identical and a zero-weight method still trains the baseline student bit for bit."""
+import pytest
+import torch
+
+from kdpipe import inference, runtime
+from kdpipe.config import KDConfig, TrainConfig
+from kdpipe.losses import Objective, SoftTargetKD, TeacherOutputs
+from kdpipe.models import DeepNN, Tapped
+from kdpipe.runs import seeded_student
+from kdpipe.runtime import Runtime, resolve_precision
+from kdpipe.targets import CachedTargets, compute_targets, save_targets
+from kdpipe.train import fit
+
+CPU = torch.device("cpu")
+RUNTIMES = {"fp32": Runtime(CPU, None, False), "bf16": Runtime(CPU, torch.bfloat16, False)}
+TWO_EPOCHS = TrainConfig(2, 1e-3, 32)
+
+
+@pytest.mark.parametrize("flags, precision, expected", [
+    ({"avx2", "amx_bf16", "amx_tile"}, "auto", torch.bfloat16),  # AMX: bf16 in hardware
+    ({"avx2", "avx512_bf16"}, "auto", None),  # no speed-up measured without AMX
+    ({"avx2"}, "auto", None),
+    ({"avx2", "amx_bf16"}, "fp32", None),
+    ({"avx2"}, "bf16", torch.bfloat16),  # asked for: emulated, and said so
+])
+def test_precision_resolves_from_the_cpu_flags(monkeypatch, capsys, flags, precision, expected):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    assert resolve_precision(precision, CPU) is expected
+    emulated = "emulated, slower than fp32" in capsys.readouterr().out
+    assert emulated == (precision == "bf16" and "amx_bf16" not in flags)
+
+
+def test_cpu_flags_are_read_from_the_machine():
+    flags = runtime.cpu_flags()
+    assert not flags or "fpu" in flags or "fp" in flags  # x86 or Arm: a real flags line
+
+
+class RecordsDtypes(Objective):
+    """Cross-entropy that records the dtypes it was given and computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, logits, features, labels, teacher):
+        loss = super().forward(logits, features, labels, teacher)
+        self.seen |= {logits.dtype, features.dtype, loss.dtype}
+        return loss
+
+
+def test_bf16_autocasts_the_forward_pass_and_every_loss_runs_in_fp32(tiny_data):
+    model = seeded_student("LightNN", 0, 10)
+    objective = RecordsDtypes()
+    fit(model, objective, tiny_data, TrainConfig(1, 1e-3, 100), RUNTIMES["bf16"], seed=0)
+    assert objective.seen == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the forward pass itself gives
+        assert model(tiny_data.normalize(tiny_data.train_x[:2])).dtype == torch.bfloat16
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_a_bf16_rerun_on_this_machine_gives_the_same_weights(tiny_data):
+    runs = []
+    for _ in range(2):
+        model = seeded_student("LightNN", 3, 10)  # seeds weights and dropout
+        fit(model, Objective(), tiny_data, TWO_EPOCHS, RUNTIMES["bf16"], seed=3)
+        runs.append(weights(model))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero_weight_kd_trains_the_baseline_bit_for_bit(tiny_data, tmp_path, precision):
+    """Through the teacher cache computed in that precision, as the pipeline's stages do."""
+    run = RUNTIMES[precision]
+    torch.manual_seed(1)
+    teacher = Tapped(DeepNN(), "features").eval()
+    logits, _ = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize, run.autocast)
+    assert logits.dtype == torch.float32  # the cache stays fp32 whatever the pass ran in
+    save_targets(tmp_path, {"data_sha256": "d", "teacher_run_id": "t"}, logits)
+    cached = CachedTargets(tmp_path, ("logits",), CPU, "d", "t", "features")
+    baseline = seeded_student("LightNN", 5, 10)  # seeds weights and dropout, as a stage does
+    base = fit(baseline, Objective(), tiny_data, TWO_EPOCHS, run, seed=5)
+    kd = seeded_student("LightNN", 5, 10)
+    zero = KDConfig(temperature=2.0, soft_target_weight=0.0, ce_weight=1.0)
+    distilled = fit(kd, SoftTargetKD(zero), tiny_data, TWO_EPOCHS, run, seed=5, teacher=cached)
+    assert torch.equal(weights(baseline), weights(kd))
+    assert base.test_acc == distilled.test_acc
+
+
+def test_a_live_teacher_and_its_cache_agree_in_bf16(tiny_data):
+    from kdpipe.targets import LiveTeacher
+
+    run = RUNTIMES["bf16"]
+    torch.manual_seed(2)
+    teacher = Tapped(DeepNN(), "features").eval()
+    logits, _ = compute_targets(teacher, tiny_data.train_x[:50], tiny_data.normalize,
+                                run.autocast, batch=50)
+    idx = torch.arange(50)
+    live = LiveTeacher(teacher, run.autocast)(idx, tiny_data.normalize(tiny_data.train_x[idx]))
+    assert isinstance(live, TeacherOutputs) and torch.equal(live.logits, logits)
+
+
+def test_inference_cost_reports_bf16_only_where_it_is_native(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"x" * 1024)
+    model = seeded_student("LightNN", 0, 10).model
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    assert set(inference.inference_cost(model, path, CPU)) == {
+        "size_mb", "inference_ms_batch1", "inference_images_per_second"}
+    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
+    cost = inference.inference_cost(model, path, CPU)
+    assert cost["inference_images_per_second_bf16"] > 0 and cost["inference_ms_batch1_bf16"] > 0
