@@ -143,7 +143,7 @@ def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
     assert not teacher.training
 
 
-@pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd"])
+@pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd", "dist"])
 def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
     from kdpipe.config import load_config
     from kdpipe.losses import build_objective

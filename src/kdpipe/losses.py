@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
+from kdpipe.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
 from kdpipe.errors import ConfigError
 
 # The tutorial pair's feature maps (channels, height, width) on 32x32 images: DeepNN's
@@ -64,6 +64,28 @@ def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     nckd = F.kl_div(log_others_student.masked_fill(target, 0), others_teacher,
                     reduction="batchmean")
     return tckd * temperature**2, nckd * temperature**2
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b`: the cosine of the
+    mean-centred rows, with the authors' 1e-8 added to the product of the norms."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+
+def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+    """DIST (Huang et al., NeurIPS 2022), each term scaled by T^2 as the authors' code
+    (hunto/image_classification_sota, lib/models/losses/dist_kd.py) does. Of the softened
+    probabilities softmax(z / T) (B, C): the inter-class relation, 1 - the batch mean of the
+    Pearson correlation between student and teacher rows (one sample's classes), and the
+    intra-class relation, 1 - the class mean of the correlation between columns (one class
+    across the batch). Matching correlations, not exact probabilities, relaxes KD's match: the
+    paper's remedy for a teacher much stronger than the student."""
+    p_student = F.softmax(student_logits / temperature, dim=-1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=-1)
+    inter = 1 - pearson_rows(p_student, p_teacher).mean()
+    intra = 1 - pearson_rows(p_student.T, p_teacher.T).mean()
+    return inter * temperature**2, intra * temperature**2
 
 
 def pool_to(flat: torch.Tensor, length: int) -> torch.Tensor:
@@ -160,6 +182,20 @@ class DecoupledKD(Objective):
         return self.ramp * (self.cfg.alpha * tckd + self.cfg.beta * nckd)
 
 
+class DIST(Objective):
+    """beta * inter-class + gamma * intra-class relation (dist_terms), plus cross-entropy."""
+
+    needs = ("logits",)
+
+    def __init__(self, cfg: DISTConfig):
+        super().__init__(cfg.ce_weight)
+        self.cfg = cfg
+
+    def extra(self, logits, features, teacher, labels):
+        inter, intra = dist_terms(logits, teacher.logits, self.cfg.temperature)
+        return self.cfg.beta * inter + self.cfg.gamma * intra
+
+
 class CosineHidden(Objective):
     needs = ("features",)
 
@@ -194,7 +230,7 @@ class HintRegressor(Objective):
 
 
 OBJECTIVES = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor,
-              "dkd": DecoupledKD, "lskd": StandardizedKD}
+              "dkd": DecoupledKD, "lskd": StandardizedKD, "dist": DIST}
 
 
 def build_objective(method: str, distill_cfg, student_shape=STUDENT_FEATURES,
