@@ -170,17 +170,25 @@ def test_dkd_decomposes_kd_per_sample():
         assert kd.item() == pytest.approx((tckd + (1 - p_t) * nckd).item(), rel=1e-4)
 
 
-def test_dkd_ramps_its_weight_over_the_warmup_epochs():
+def test_dkd_ramps_its_weight_linearly_over_the_warmup_steps():
+    """2 warm-up epochs of 5 steps: weight step / 10 from the first step (1-based) to 1 at the
+    warm-up's last step, then 1; no warm-up: 1 from the first step."""
     student, teacher, labels = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
-    dkd = DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
-                                warmup_epochs=4))
     tckd, nckd = decoupled_kd_terms(student, teacher, labels, 4.0)
     ce = F.cross_entropy(student, labels)
-    for epoch, ramp in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
-        dkd.start_epoch(epoch)
+
+    def loss_at(step: int, warmup_epochs: int) -> float:
+        dkd = DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+                                    warmup_epochs=warmup_epochs))
+        dkd.start_step(step, steps_per_epoch=5)
+        return dkd(student, None, labels, TeacherOutputs(teacher)).item()
+
+    for step, ramp in ((1, 0.1), (5, 0.5), (9, 0.9), (10, 1.0), (11, 1.0), (50, 1.0)):
         expected = ce + ramp * (tckd + 8.0 * nckd)
-        out = dkd(student, None, labels, TeacherOutputs(teacher))
-        assert out.item() == pytest.approx(expected.item(), rel=1e-6), epoch
+        assert loss_at(step, 2) == pytest.approx(expected.item(), rel=1e-6), step
+    assert loss_at(1, 0) == pytest.approx((ce + tckd + 8.0 * nckd).item(), rel=1e-6)
+    # A 1-epoch warm-up ramps too (per epoch, it gave the full weight from the first step).
+    assert loss_at(1, 1) == pytest.approx((ce + 0.2 * (tckd + 8.0 * nckd)).item(), rel=1e-6)
 
 
 def test_dkd_gives_no_gradient_to_the_masked_target_through_nckd():

@@ -151,8 +151,8 @@ class HintConfig(LossWeights):
 
 @dataclass(frozen=True)
 class DKDConfig(LossWeights):
-    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in over
-    `warmup_epochs`, plus ce_weight * cross-entropy."""
+    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in linearly per step
+    over `warmup_epochs`, plus ce_weight * cross-entropy."""
     TERM_WEIGHTS = ("alpha", "beta")
     alpha: float = weight()
     beta: float = weight()

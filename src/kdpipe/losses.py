@@ -134,8 +134,10 @@ class Objective(nn.Module):
     def extra(self, logits, features, teacher: TeacherOutputs, labels) -> torch.Tensor | float:
         return 0.0
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called before each epoch (1-based), for terms that change with training time."""
+    def start_step(self, step: int, steps_per_epoch: int) -> None:
+        """Called before each training step with the global step (1-based, counted over all
+        epochs), for terms that change with training time. What it sets must depend on `step`
+        alone: a resumed run then continues exactly as an uninterrupted one."""
 
 
 class SoftTargetKD(Objective):
@@ -164,8 +166,10 @@ class StandardizedKD(Objective):
 
 
 class DecoupledKD(Objective):
-    """alpha * TCKD + beta * NCKD, its weight ramped linearly from 1/warmup to 1 over the first
-    `warmup_epochs` epochs (as the paper's code), plus cross-entropy."""
+    """alpha * TCKD + beta * NCKD plus cross-entropy, the DKD terms ramped in linearly over the
+    first `warmup_epochs` epochs. The paper's code (mdistiller, distillers/DKD.py) ramps per
+    epoch, min(epoch / warmup, 1) with 1-based epochs, over 20 of 240 epochs; this ramps per
+    step, so that a warm-up of 1 or 2 epochs (as short runs need) still ramps."""
 
     needs = ("logits",)
 
@@ -174,8 +178,12 @@ class DecoupledKD(Objective):
         self.cfg = cfg
         self.ramp = 1.0
 
-    def start_epoch(self, epoch: int) -> None:
-        self.ramp = min(epoch / self.cfg.warmup_epochs, 1.0) if self.cfg.warmup_epochs else 1.0
+    def start_step(self, step: int, steps_per_epoch: int) -> None:
+        # Steps count from 1, as mdistiller's epochs and the learning-rate warm-up's (step + 1)
+        # / warmup (train.lr_schedule): the first step already distils a little (from 0 it
+        # would be plain cross-entropy) and the warm-up's last step has the full weight.
+        warmup = self.cfg.warmup_epochs * steps_per_epoch
+        self.ramp = min(step / warmup, 1.0) if warmup else 1.0
 
     def extra(self, logits, features, teacher, labels):
         tckd, nckd = decoupled_kd_terms(logits, teacher.logits, labels, self.cfg.temperature)
