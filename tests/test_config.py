@@ -105,6 +105,16 @@ def test_dist_loads_with_the_papers_cifar_values_and_rejects_all_weights_zero(tm
         load_with(tmp_path, zero)
 
 
+def test_lskd_at_its_authors_settings_loads(tmp_path):
+    """Sun et al. train with --base-temp 2 --kd-weight 9 and CE weight 0.1; params.yaml keeps
+    0.9 and says to set `-S distill.lskd.soft_target_weight=9`, which writes an integer."""
+    def authors(params):
+        params["distill"]["lskd"] = {"temperature": 2, "soft_target_weight": 9, "ce_weight": 0.1}
+    lskd = load_with(tmp_path, authors).distill.lskd
+    assert (lskd.temperature, lskd.soft_target_weight, lskd.ce_weight) == (2.0, 9.0, 0.1)
+    assert "-S distill.lskd.soft_target_weight=9" in (ROOT / "params.yaml").read_text()
+
+
 def test_every_method_has_a_params_section_an_objective_and_a_description():
     from kdpipe.config import METHODS, DistillConfig
     from kdpipe.losses import OBJECTIVES
