@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -70,6 +71,8 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("distill.methods", [], "a non-empty list of distinct methods"),
     ("distill.methods", ["kd", "kd"], "a non-empty list of distinct methods"),
     ("distill.dkd.warmup_epochs", -1, "an integer >= 0"),
+    ("distill.dist.gamma", -1, "a number >= 0"),
+    ("distill.dist.temperature", 0, "a number > 0"),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(tmp_path, key, value, allowed):
     with pytest.raises(ConfigError) as err:
@@ -87,8 +90,41 @@ def test_a_warmup_as_long_as_training_is_rejected(tmp_path):
 def test_dkd_with_every_weight_zero_is_rejected(tmp_path):
     def zero(params):
         params["distill"]["dkd"].update(alpha=0, beta=0, ce_weight=0)
-    with pytest.raises(ConfigError, match=r"distill\.dkd: alpha, beta and ce_weight are all 0"):
+    with pytest.raises(ConfigError, match=r"distill\.dkd: the weights are all 0 "
+                                          r"\(alpha, beta, ce_weight\)"):
         load_with(tmp_path, zero)
+
+
+def test_dist_loads_with_the_papers_cifar_values_and_rejects_all_weights_zero(tmp_path):
+    dist = load_config(ROOT / "params.yaml").distill.dist
+    assert (dist.beta, dist.gamma, dist.temperature, dist.ce_weight) == (2.0, 2.0, 4.0, 1.0)
+
+    def zero(params):
+        params["distill"]["dist"].update(beta=0, gamma=0, ce_weight=0)
+    with pytest.raises(ConfigError, match=r"distill\.dist: the weights are all 0 "
+                                          r"\(beta, gamma, ce_weight\)"):
+        load_with(tmp_path, zero)
+
+
+def test_lskd_at_its_authors_settings_loads(tmp_path):
+    """Sun et al. train with --base-temp 2 --kd-weight 9 and CE weight 0.1; params.yaml keeps
+    0.9 and says to set `-S distill.lskd.soft_target_weight=9`, which writes an integer."""
+    def authors(params):
+        params["distill"]["lskd"] = {"temperature": 2, "soft_target_weight": 9, "ce_weight": 0.1}
+    lskd = load_with(tmp_path, authors).distill.lskd
+    assert (lskd.temperature, lskd.soft_target_weight, lskd.ce_weight) == (2.0, 9.0, 0.1)
+    assert "-S distill.lskd.soft_target_weight=9" in (ROOT / "params.yaml").read_text()
+
+
+def test_every_method_has_a_params_section_an_objective_and_a_description():
+    from kdpipe.config import METHODS, DistillConfig
+    from kdpipe.losses import OBJECTIVES
+    from kdpipe.report import DESCRIPTIONS
+
+    sections = {f.name for f in dataclasses.fields(DistillConfig)} - {"methods"}
+    assert sections == set(OBJECTIVES) == set(METHODS) == set(DESCRIPTIONS) - {"teacher",
+                                                                                "student"}
+    assert set(DEFAULTS["distill"]) - {"methods"} == sections
 
 
 def test_both_weights_zero_is_rejected(tmp_path):

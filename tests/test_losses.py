@@ -1,11 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import pearsonr
 
-from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
+from kdpipe.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
 from kdpipe.losses import (
+    DIST,
     CosineHidden,
     DecoupledKD,
     HintRegressor,
@@ -15,6 +18,7 @@ from kdpipe.losses import (
     TeacherOutputs,
     cosine_hidden_loss,
     decoupled_kd_terms,
+    dist_terms,
     matched_maps,
     pool_to,
     soft_target_loss,
@@ -166,17 +170,25 @@ def test_dkd_decomposes_kd_per_sample():
         assert kd.item() == pytest.approx((tckd + (1 - p_t) * nckd).item(), rel=1e-4)
 
 
-def test_dkd_ramps_its_weight_over_the_warmup_epochs():
+def test_dkd_ramps_its_weight_linearly_over_the_warmup_steps():
+    """2 warm-up epochs of 5 steps: weight step / 10 from the first step (1-based) to 1 at the
+    warm-up's last step, then 1; no warm-up: 1 from the first step."""
     student, teacher, labels = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
-    dkd = DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
-                                warmup_epochs=4))
     tckd, nckd = decoupled_kd_terms(student, teacher, labels, 4.0)
     ce = F.cross_entropy(student, labels)
-    for epoch, ramp in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
-        dkd.start_epoch(epoch)
+
+    def loss_at(step: int, warmup_epochs: int) -> float:
+        dkd = DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+                                    warmup_epochs=warmup_epochs))
+        dkd.start_step(step, steps_per_epoch=5)
+        return dkd(student, None, labels, TeacherOutputs(teacher)).item()
+
+    for step, ramp in ((1, 0.1), (5, 0.5), (9, 0.9), (10, 1.0), (11, 1.0), (50, 1.0)):
         expected = ce + ramp * (tckd + 8.0 * nckd)
-        out = dkd(student, None, labels, TeacherOutputs(teacher))
-        assert out.item() == pytest.approx(expected.item(), rel=1e-6), epoch
+        assert loss_at(step, 2) == pytest.approx(expected.item(), rel=1e-6), step
+    assert loss_at(1, 0) == pytest.approx((ce + tckd + 8.0 * nckd).item(), rel=1e-6)
+    # A 1-epoch warm-up ramps too (per epoch, it gave the full weight from the first step).
+    assert loss_at(1, 1) == pytest.approx((ce + 0.2 * (tckd + 8.0 * nckd)).item(), rel=1e-6)
 
 
 def test_dkd_gives_no_gradient_to_the_masked_target_through_nckd():
@@ -186,3 +198,41 @@ def test_dkd_gives_no_gradient_to_the_masked_target_through_nckd():
     nckd.backward()
     assert torch.isfinite(student.grad).all()
     assert student.grad[torch.arange(3), labels].abs().max() == 0
+
+
+# A fixed example for DIST: 3 samples, 4 classes, T = 2.
+DIST_STUDENT = [[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, -2.0], [1.0, 1.5, 0.5, 0.0]]
+DIST_TEACHER = [[3.0, 0.0, -2.0, 1.0], [-1.0, 2.0, 2.5, -1.0], [0.5, 2.0, 0.0, 0.5]]
+
+
+def softened(rows, temperature):
+    z = np.asarray(rows, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_dist_terms_match_scipy_pearson_correlations():
+    """Inter-class: 1 - mean over samples of pearson(student row, teacher row); intra-class:
+    1 - mean over classes of pearson(student column, teacher column); both times T^2."""
+    p_s, p_t = softened(DIST_STUDENT, 2.0), softened(DIST_TEACHER, 2.0)
+    inter = 1 - np.mean([pearsonr(p_s[i], p_t[i])[0] for i in range(3)])
+    intra = 1 - np.mean([pearsonr(p_s[:, c], p_t[:, c])[0] for c in range(4)])
+    got = dist_terms(torch.tensor(DIST_STUDENT), torch.tensor(DIST_TEACHER), temperature=2.0)
+    assert [g.item() for g in got] == pytest.approx([4 * inter, 4 * intra], rel=1e-5)
+    assert 0 < inter < 1 and 0 < intra < 2  # neither term is trivially 0 in this example
+
+
+def test_dist_is_zero_when_the_student_matches_the_teacher():
+    logits = torch.randn(16, 10) * 3
+    for term in dist_terms(logits, logits.clone(), 4.0):
+        assert term.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dist_combines_its_terms_and_cross_entropy_as_configured():
+    student, teacher, labels = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    dist = DIST(DISTConfig(beta=2.0, gamma=3.0, temperature=4.0, ce_weight=0.5))
+    inter, intra = dist_terms(student, teacher, 4.0)
+    expected = 2.0 * inter + 3.0 * intra + 0.5 * F.cross_entropy(student, labels)
+    out = dist(student, None, labels, TeacherOutputs(teacher))
+    assert out.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert DIST.needs == ("logits",)

@@ -60,7 +60,7 @@ READERS = {
     "distill.hint.feature_weight": (0.5, ["distill@hint-42"]),
     "distill.hint.ce_weight": (0.5, ["distill@hint-42"]),
     "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42"]),
-    # no dkd or lskd stage runs in the quick pipeline: their params rerun nothing there
+    # no dkd, lskd or dist stage runs in the quick pipeline: their params rerun nothing there
     "distill.dkd.alpha": (2.0, []),
     "distill.dkd.beta": (4.0, []),
     "distill.dkd.temperature": (2.0, []),
@@ -69,6 +69,10 @@ READERS = {
     "distill.lskd.temperature": (4.0, []),
     "distill.lskd.soft_target_weight": (0.5, []),
     "distill.lskd.ce_weight": (0.5, []),
+    "distill.dist.beta": (1.0, []),
+    "distill.dist.gamma": (1.0, []),
+    "distill.dist.temperature": (1.0, []),
+    "distill.dist.ce_weight": (0.5, []),
     "mlflow.experiment": ("another-experiment", []),  # where runs are recorded, not results
 }
 

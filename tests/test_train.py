@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from kdpipe.checkpoint import Checkpoint
-from kdpipe.config import HintConfig, KDConfig, TrainConfig
+from kdpipe.config import DKDConfig, HintConfig, KDConfig, TrainConfig
 from kdpipe.errors import DivergedError
-from kdpipe.losses import HintRegressor, Objective, SoftTargetKD
+from kdpipe.losses import DecoupledKD, HintRegressor, Objective, SoftTargetKD
 from kdpipe.models import DeepNN, LightNN, Tapped
 from kdpipe.runs import seeded_student
 from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
@@ -49,21 +49,30 @@ def live_teacher(cpu) -> LiveTeacher:
     return LiveTeacher(tapped(DeepNN()), cpu.autocast)
 
 
+def objective_for(case: str) -> Objective:
+    if case.startswith("hint"):
+        return hint_objective()
+    if case.startswith("dkd"):  # resumed in the middle of its 2-epoch warm-up
+        return DecoupledKD(DKDConfig(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+                                     warmup_epochs=2))
+    return Objective()
+
+
 @pytest.mark.parametrize("case", ["student", "student, cosine schedule",
-                                  "hint, live teacher, augmented"])
+                                  "hint, live teacher, augmented", "dkd warm-up, live teacher"])
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp_path, case):
-    """Model, optimizer, learning-rate schedule, the hint regressor and every RNG (batch order,
-    dropout, augmentation) continue where the interrupted run stopped."""
-    distill = case.startswith("hint")
+    """Model, optimizer, learning-rate schedule, the hint regressor, DKD's warm-up and every RNG
+    (batch order, dropout, augmentation) continue where the interrupted run stopped."""
+    distill = not case.startswith("student")
     schedule = {"schedule": "cosine", "warmup_epochs": 1} if "cosine" in case else {}
 
     def run(epochs: int, stop_after: int, checkpoint=None):
-        objective = hint_objective() if distill else Objective()
+        objective = objective_for(case)
         teacher = live_teacher(cpu) if distill else None
         model = seeded_student("LightNN", 1, 10)
         cfg = TrainConfig(epochs, 1e-3, 32, **schedule)
         result = fit(model, objective, tiny_data, cfg, cpu, seed=1, teacher=teacher,
-                     augment_batches=distill, checkpoint=checkpoint,
+                     augment_batches="augmented" in case, checkpoint=checkpoint,
                      on_epoch=lambda r: stop(r["epoch"] == stop_after))
         return model, objective, result
 
@@ -79,8 +88,31 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_data, cpu, tmp
     resumed, resumed_objective, result = run(3, stop_after=0, checkpoint=checkpoint)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert torch.equal(weights(resumed), weights(straight))
-    if distill:
+    if case.startswith("hint"):  # the regressor: the only objective with weights
         assert torch.equal(weights(resumed_objective), weights(straight_objective))
+
+
+def test_objectives_see_the_global_step_also_after_a_resume(tiny_data, cpu, tmp_path):
+    """200 images in batches of 32: 7 steps an epoch. A run killed at the end of its second
+    epoch (before that epoch's checkpoint) resumes after the first, at global step 8."""
+    class Recording(Objective):
+        def start_step(self, step, steps_per_epoch):
+            seen.append((step, steps_per_epoch))
+
+    def stop_at_second(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    seen, cfg = [], TrainConfig(3, 1e-3, 32)
+    checkpoint = Checkpoint("run", key="k", folder=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        fit(seeded_student("LightNN", 0, 10), Recording(), tiny_data, cfg, cpu, seed=0,
+            checkpoint=checkpoint, on_epoch=stop_at_second)
+    assert seen == [(step, 7) for step in range(1, 15)]
+    seen.clear()
+    fit(seeded_student("LightNN", 0, 10), Recording(), tiny_data, cfg, cpu, seed=0,
+        checkpoint=checkpoint)
+    assert seen == [(step, 7) for step in range(8, 22)]
 
 
 def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
@@ -143,7 +175,7 @@ def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
     assert not teacher.training
 
 
-@pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd"])
+@pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd", "dist"])
 def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
     from kdpipe.config import load_config
     from kdpipe.losses import build_objective

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, ClassVar, get_origin, get_type_hints
 
 import yaml
 
@@ -117,11 +117,16 @@ class TeacherConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Base for the distillation objectives: a method weight plus the cross-entropy weight."""
+    """Base for the distillation objectives: the terms' weights plus the cross-entropy weight."""
+
+    # The fields that weight a term but are not named *weight (the papers' alpha, beta, gamma).
+    TERM_WEIGHTS: ClassVar[tuple[str, ...]] = ()
 
     def check(self) -> str | None:
-        if all(getattr(self, f.name) == 0 for f in dataclasses.fields(self) if "weight" in f.name):
-            return "the weights are all 0; at least one must be > 0"
+        names = [f.name for f in dataclasses.fields(self)
+                 if "weight" in f.name or f.name in self.TERM_WEIGHTS]
+        if all(getattr(self, name) == 0 for name in names):
+            return f"the weights are all 0 ({', '.join(names)}); at least one must be > 0"
         return None
 
 
@@ -146,18 +151,14 @@ class HintConfig(LossWeights):
 
 @dataclass(frozen=True)
 class DKDConfig(LossWeights):
-    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in over
-    `warmup_epochs`, plus ce_weight * cross-entropy."""
+    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in linearly per step
+    over `warmup_epochs`, plus ce_weight * cross-entropy."""
+    TERM_WEIGHTS = ("alpha", "beta")
     alpha: float = weight()
     beta: float = weight()
     temperature: float = positive_float()
     ce_weight: float = weight()
     warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
-
-    def check(self) -> str | None:
-        if self.alpha == self.beta == self.ce_weight == 0:
-            return "alpha, beta and ce_weight are all 0; at least one must be > 0"
-        return None
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,18 @@ class LSKDConfig(LossWeights):
     ce_weight: float = weight()
 
 
-METHODS = ("kd", "cosine", "hint", "dkd", "lskd")
+@dataclass(frozen=True)
+class DISTConfig(LossWeights):
+    """DIST: beta * inter-class + gamma * intra-class relation loss at `temperature`, plus
+    ce_weight * cross-entropy."""
+    TERM_WEIGHTS = ("beta", "gamma")
+    beta: float = weight()
+    gamma: float = weight()
+    temperature: float = positive_float()
+    ce_weight: float = weight()
+
+
+METHODS = ("kd", "cosine", "hint", "dkd", "lskd", "dist")
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,7 @@ class DistillConfig:
     hint: HintConfig
     dkd: DKDConfig
     lskd: LSKDConfig
+    dist: DISTConfig
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdpipe.config import CosineConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
+from kdpipe.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
 from kdpipe.errors import ConfigError
 
 # The tutorial pair's feature maps (channels, height, width) on 32x32 images: DeepNN's
@@ -66,6 +66,28 @@ def decoupled_kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return tckd * temperature**2, nckd * temperature**2
 
 
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b`: the cosine of the
+    mean-centred rows, with the authors' 1e-8 added to the product of the norms."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+
+def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+    """DIST (Huang et al., NeurIPS 2022), each term scaled by T^2 as the authors' code
+    (hunto/image_classification_sota, lib/models/losses/dist_kd.py) does. Of the softened
+    probabilities softmax(z / T) (B, C): the inter-class relation, 1 - the batch mean of the
+    Pearson correlation between student and teacher rows (one sample's classes), and the
+    intra-class relation, 1 - the class mean of the correlation between columns (one class
+    across the batch). Matching correlations, not exact probabilities, relaxes KD's match: the
+    paper's remedy for a teacher much stronger than the student."""
+    p_student = F.softmax(student_logits / temperature, dim=-1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=-1)
+    inter = 1 - pearson_rows(p_student, p_teacher).mean()
+    intra = 1 - pearson_rows(p_student.T, p_teacher.T).mean()
+    return inter * temperature**2, intra * temperature**2
+
+
 def pool_to(flat: torch.Tensor, length: int) -> torch.Tensor:
     """(B, n) -> (B, length) by averaging neighbours: groups of n / length when that divides
     (for the tutorial's pair, its avg_pool1d(x, 2) from 2048 to 1024), else adaptive pooling."""
@@ -112,8 +134,10 @@ class Objective(nn.Module):
     def extra(self, logits, features, teacher: TeacherOutputs, labels) -> torch.Tensor | float:
         return 0.0
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called before each epoch (1-based), for terms that change with training time."""
+    def start_step(self, step: int, steps_per_epoch: int) -> None:
+        """Called before each training step with the global step (1-based, counted over all
+        epochs), for terms that change with training time. What it sets must depend on `step`
+        alone: a resumed run then continues exactly as an uninterrupted one."""
 
 
 class SoftTargetKD(Objective):
@@ -142,8 +166,10 @@ class StandardizedKD(Objective):
 
 
 class DecoupledKD(Objective):
-    """alpha * TCKD + beta * NCKD, its weight ramped linearly from 1/warmup to 1 over the first
-    `warmup_epochs` epochs (as the paper's code), plus cross-entropy."""
+    """alpha * TCKD + beta * NCKD plus cross-entropy, the DKD terms ramped in linearly over the
+    first `warmup_epochs` epochs. The paper's code (mdistiller, distillers/DKD.py) ramps per
+    epoch, min(epoch / warmup, 1) with 1-based epochs, over 20 of 240 epochs; this ramps per
+    step, so that a warm-up of 1 or 2 epochs (as short runs need) still ramps."""
 
     needs = ("logits",)
 
@@ -152,12 +178,30 @@ class DecoupledKD(Objective):
         self.cfg = cfg
         self.ramp = 1.0
 
-    def start_epoch(self, epoch: int) -> None:
-        self.ramp = min(epoch / self.cfg.warmup_epochs, 1.0) if self.cfg.warmup_epochs else 1.0
+    def start_step(self, step: int, steps_per_epoch: int) -> None:
+        # Steps count from 1, as mdistiller's epochs and the learning-rate warm-up's (step + 1)
+        # / warmup (train.lr_schedule): the first step already distils a little (from 0 it
+        # would be plain cross-entropy) and the warm-up's last step has the full weight.
+        warmup = self.cfg.warmup_epochs * steps_per_epoch
+        self.ramp = min(step / warmup, 1.0) if warmup else 1.0
 
     def extra(self, logits, features, teacher, labels):
         tckd, nckd = decoupled_kd_terms(logits, teacher.logits, labels, self.cfg.temperature)
         return self.ramp * (self.cfg.alpha * tckd + self.cfg.beta * nckd)
+
+
+class DIST(Objective):
+    """beta * inter-class + gamma * intra-class relation (dist_terms), plus cross-entropy."""
+
+    needs = ("logits",)
+
+    def __init__(self, cfg: DISTConfig):
+        super().__init__(cfg.ce_weight)
+        self.cfg = cfg
+
+    def extra(self, logits, features, teacher, labels):
+        inter, intra = dist_terms(logits, teacher.logits, self.cfg.temperature)
+        return self.cfg.beta * inter + self.cfg.gamma * intra
 
 
 class CosineHidden(Objective):
@@ -194,7 +238,7 @@ class HintRegressor(Objective):
 
 
 OBJECTIVES = {"kd": SoftTargetKD, "cosine": CosineHidden, "hint": HintRegressor,
-              "dkd": DecoupledKD, "lskd": StandardizedKD}
+              "dkd": DecoupledKD, "lskd": StandardizedKD, "dist": DIST}
 
 
 def build_objective(method: str, distill_cfg, student_shape=STUDENT_FEATURES,

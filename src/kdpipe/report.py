@@ -16,6 +16,7 @@ DESCRIPTIONS = {  # model name -> what it is
     "hint": "FitNets hint (regressor + MSE)",
     "dkd": "decoupled KD (TCKD + NCKD)",
     "lskd": "KD on standardised logits",
+    "dist": "DIST (correlations of the softened outputs)",
 }
 COST_KEYS = ("num_params", "size_mb", "inference_ms_batch1", "inference_images_per_second",
              "train_seconds", "train_images_per_second", "wall_seconds", "peak_rss_mb")

@@ -94,12 +94,14 @@ def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         model.train()
         objective.train()
-        objective.start_epoch(epoch)
         start = time.perf_counter()
         losses = []
         batches = batch_order(len(data.train_y), cfg.batch_size, order_rng)
         steps = progress.steps(epoch, len(batches)) if progress else NoBar()
-        for idx in batches:
+        for i, idx in enumerate(batches):
+            # The global step, a function of where training is, not of a counter: it survives
+            # a resume.
+            objective.start_step((epoch - 1) * steps_per_epoch + i + 1, steps_per_epoch)
             idx = idx.to(device, non_blocking=True)
             x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
             if augment_batches:
