@@ -85,8 +85,7 @@ def bare_throughput(repo: Path, name: str) -> float:
                                                                                    cfg.distill)
     folder = repo / "data" / "teacher_targets"
     meta = read_json(folder / "meta.json")
-    targets = CachedTargets(folder, objective.needs, torch.device("cpu"), prepared.digest,
-                            meta["teacher_run_id"], meta.get("teacher_layer")) \
+    targets = CachedTargets(folder, objective.needs, torch.device("cpu"), meta) \
         if objective.needs else None
     optimizer = torch.optim.Adam([*model.parameters(), *objective.parameters()], lr=1e-3)
     n = len(data.train_y)

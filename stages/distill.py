@@ -39,10 +39,10 @@ def main() -> None:
         torch.manual_seed(seed + 2)
         objective = build_objective(method, cfg.distill, **shapes)
     source = teacher_source(cfg.data.augment, teacher, saved, runtime.autocast, TARGETS_DIR,
-                            objective.needs, runtime.device, prepared.digest)
+                            objective.needs, runtime.device, prepared.digest, cfg.data.views)
     params = {"seed": seed, **section(cfg, "device", "precision", "threads", "student",
                                       "teacher.feature_layer", f"distill.{method}",
-                                      "data.augment", "data.mean", "data.std")}
+                                      "data.augment", "data.views", "data.mean", "data.std")}
     spec = ModelSpec(method, seed, "student", cfg.student, params)
     metrics = train_model(spec, cfg, runtime, objective, prepared, source, saved)
     print(f"{method} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")

@@ -1,5 +1,6 @@
-"""Stage `teacher_targets`: one pass of the frozen teacher over the training split, cached
-for the distill stages (logits and last feature map per sample). With data.augment the
+"""Stage `teacher_targets`: one pass of the frozen teacher over the training split (over each of
+its data.views views per image), cached for the distill stages: logits, and the feature map at
+teacher.feature_layer where a method of distill.methods needs it. With data.augment the
 distill stages run the teacher live on each augmented batch, so there is nothing to compute:
 the stage then writes only the cache's meta.json, in about a second."""
 import math
@@ -11,11 +12,13 @@ from kdpipe.cli import run_stage
 from kdpipe.config import load_config, section
 from kdpipe.data import Normalize, Prepared, to_device
 from kdpipe.files import folder_mb, write_json
+from kdpipe.losses import OBJECTIVES
 from kdpipe.models import feature_shape
 from kdpipe.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.progress import clock, say
 from kdpipe.runtime import environment, setup, stage_cost
 from kdpipe.targets import check_cache_fits, compute_targets, save_targets
+from kdpipe.views import Views
 
 
 def main() -> None:
@@ -31,27 +34,36 @@ def main() -> None:
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
-                     "data.augment", "data.mean", "data.std")
+                     "data.augment", "data.views", "data.mean", "data.std", "distill.methods")
+    # Feature maps are 97% of a cache: stored only when a listed method distils features.
+    features = teacher.layer is not None and any(
+        "features" in OBJECTIVES[m].needs for m in cfg.distill.methods)
     with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         tracking.log_dataset(prepared.summary, PREPARED_DIR)
         tracking.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
-        shape = feature_shape(teacher, prepared.image_size) if teacher.layer else None
-        check_cache_fits(len(images), len(prepared.classes), shape)
-        say(f"teacher pass over {len(images):,} training images in {runtime.precision}")
+        views = Views.make(cfg.seed, len(images), cfg.data.views, runtime.device) \
+            if cfg.data.views else None
+        rows = len(images) * (views.count if views else 1)
+        shape = feature_shape(teacher, prepared.image_size) if features else None
+        check_cache_fits(rows, len(prepared.classes), shape)
+        say(f"teacher pass over {rows:,} training "
+            f"{f'views ({views.count} per image)' if views else 'images'} in {runtime.precision}")
         start = time.perf_counter()
         normalize = Normalize(cfg.data.mean, cfg.data.std, runtime.device)
-        logits, features = compute_targets(teacher, images, normalize, runtime.autocast)
+        logits, maps = compute_targets(teacher, images, normalize, runtime.autocast, views,
+                                       features)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
                                    "teacher_run_id": saved["mlflow_run_id"],
-                                   "teacher_layer": teacher.layer}, logits, features)
+                                   "teacher_layer": teacher.layer, "views": cfg.data.views},
+                     logits, maps)
         metrics = {"cached_samples": len(logits),
                    "feature_values": math.prod(shape) if shape else 0,
                    "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
                    "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
         tracking.log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / "teacher_targets.json", metrics)
-    say(f"teacher targets: {len(logits):,} samples in {clock(time.perf_counter() - start)} "
+    say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
         f"-> {TARGETS_DIR}")
 
 

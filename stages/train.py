@@ -29,8 +29,8 @@ def main() -> None:
     # Plain training taps no features: the feature layer is the distilling stages' param.
     train = replace(getattr(cfg, name), feature_layer="")
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
-              **section(cfg, "device", "precision", "threads", "data.augment", "data.mean",
-                        "data.std")}
+              **section(cfg, "device", "precision", "threads", "data.augment", "data.views",
+                        "data.mean", "data.std")}
     spec = ModelSpec(name, seed, name, train, params)
     if name == "teacher" and cfg.teacher.pretrained:
         path = tracking.repo_root() / cfg.teacher.pretrained

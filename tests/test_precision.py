@@ -81,7 +81,7 @@ def test_zero_weight_kd_trains_the_baseline_bit_for_bit(tiny_data, tmp_path, pre
     logits, _ = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize, run.autocast)
     assert logits.dtype == torch.float32  # the cache stays fp32 whatever the pass ran in
     save_targets(tmp_path, {"data_sha256": "d", "teacher_run_id": "t"}, logits)
-    cached = CachedTargets(tmp_path, ("logits",), CPU, "d", "t", "features")
+    cached = CachedTargets(tmp_path, ("logits",), CPU, {"data_sha256": "d", "teacher_run_id": "t"})
     baseline = seeded_student("LightNN", 5, 10)  # seeds weights and dropout, as a stage does
     base = fit(baseline, Objective(), tiny_data, TWO_EPOCHS, run, seed=5)
     kd = seeded_student("LightNN", 5, 10)

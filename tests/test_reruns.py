@@ -27,6 +27,7 @@ READERS = {
     "data.limit_train": (301, ["prepare"]),
     "data.limit_test": (201, ["prepare"]),
     "data.augment": (True, [*TRAINING, "teacher_targets"]),
+    "data.views": (2, [*TRAINING, "teacher_targets"]),
     "data.val_fraction": (0.2, ["prepare"]),
     "data.image_size": (24, ["prepare"]),
     "data.mean": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets"]),
@@ -59,7 +60,9 @@ READERS = {
     "distill.cosine.ce_weight": (0.5, ["distill@cosine-42"]),
     "distill.hint.feature_weight": (0.5, ["distill@hint-42"]),
     "distill.hint.ce_weight": (0.5, ["distill@hint-42"]),
-    "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42"]),
+    # teacher_targets caches features only if a listed method needs them
+    "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42",
+                                                          "teacher_targets"]),
     # no dkd, lskd or dist stage runs in the quick pipeline: their params rerun nothing there
     "distill.dkd.alpha": (2.0, []),
     "distill.dkd.beta": (4.0, []),

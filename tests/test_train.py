@@ -188,8 +188,7 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     save_targets(tmp_path / "targets", META, logits, features)
     distill = load_config(ROOT / "params.yaml").distill
     objective = build_objective(method, distill)
-    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, "d", "t",
-                           "features")
+    cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, META)
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
     x, y = tiny_data.normalize(tiny_data.train_x[idx]), tiny_data.train_y[idx]
@@ -205,15 +204,17 @@ def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
     save_targets(tmp_path / "t", META, torch.zeros(2, 10), torch.zeros(2, 32, 8, 8))
     cpu = torch.device("cpu")
     with pytest.raises(DataError, match="other data than data/prepared"):
-        CachedTargets(tmp_path / "t", ("logits",), cpu, "other", "t", "features")
+        CachedTargets(tmp_path / "t", ("logits",), cpu, META | {"data_sha256": "other"})
     with pytest.raises(DataError, match="another teacher .teacher_run_id t, expected u"):
-        CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "u", "features")
+        CachedTargets(tmp_path / "t", ("logits",), cpu, META | {"teacher_run_id": "u"})
     with pytest.raises(DataError, match="another teacher.feature_layer .teacher_layer features, "
                                         "expected conv"):
-        CachedTargets(tmp_path / "t", ("features",), cpu, "d", "t", "conv")
+        CachedTargets(tmp_path / "t", ("features",), cpu, META | {"teacher_layer": "conv"})
+    with pytest.raises(DataError, match="another data.views .views 0, expected 4"):
+        CachedTargets(tmp_path / "t", ("logits",), cpu, META | {"views": 4})
     # logits do not depend on the tap: a logit-only method accepts any layer
-    assert CachedTargets(tmp_path / "t", ("logits",), cpu, "d", "t", "conv").tensors[
-        "logits"].shape == (2, 10)
+    assert CachedTargets(tmp_path / "t", ("logits",), cpu, META | {"teacher_layer": "conv"}
+                         ).tensors["logits"].shape == (2, 10)
 
 
 def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):
@@ -222,7 +223,7 @@ def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, 
     teacher = tapped(DeepNN())
     save_targets(tmp_path / "t", META, torch.zeros(200, 10), torch.zeros(200, 32, 8, 8))
     args = (teacher, {"mlflow_run_id": "t"}, cpu.autocast, tmp_path / "t", ("logits",),
-            cpu.device, "d")
+            cpu.device, "d", 0)
     assert isinstance(teacher_source(False, *args), CachedTargets)
     live = teacher_source(True, *args)
     assert isinstance(live, LiveTeacher)

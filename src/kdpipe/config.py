@@ -46,6 +46,9 @@ class DataConfig:
     limit_train: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     limit_test: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
     augment: bool = False
+    # K fixed, seeded augmented views per training image (crop + flip), the teacher's outputs
+    # on each cached once; every model trains epoch e on a view of each image. 0 = none.
+    views: int = rule("an integer >= 0 (0 = no views)", lambda v: v >= 0, default=0)
     # A held-out part of the training set for per-epoch curves and every choice; 0 = none (as
     # the tutorial, which reports test accuracy every epoch and so chooses on test).
     val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
@@ -56,6 +59,13 @@ class DataConfig:
                              default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = rule("3 numbers > 0 (R, G, B)", lambda v: _three(v, lambda x: x > 0),
                             default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def check(self) -> str | None:
+        if self.views and self.augment:
+            return (f"views={self.views} and augment=true: choose one (views: K cached views, "
+                    "the teacher never runs while students train; augment: a fresh random view "
+                    "every batch, the teacher runs live)")
+        return None
 
 
 SCHEDULES = ("constant", "cosine")

@@ -110,22 +110,33 @@ class Normalize:
         return x.contiguous(memory_format=torch.channels_last)
 
 
+PAD = 4  # pixels of zero padding around an image before a random crop (the usual CIFAR recipe)
+
+
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding and horizontal flip, for a whole batch at once.
+    """Random crop with 4-pixel zero padding and horizontal flip, for a whole batch at once."""
+    n, device = len(batch), generator.device
+    dy = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return crop_flip(batch, dy, dx, flip)
+
+
+def crop_flip(batch: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+              flip: torch.Tensor) -> torch.Tensor:
+    """Each image of a normalised batch padded by PAD zeros, cropped back to its size at offset
+    (dy, dx) in 0..2*PAD (PAD, PAD = the image itself) and mirrored where `flip`.
 
     Padding happens after normalisation, so padded pixels are 0 = the dataset mean, as with
     torchvision's RandomCrop applied to a normalised tensor."""
     n, _, h, w = batch.shape
-    padded = torch.nn.functional.pad(batch, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator, device=generator.device)
-    dx = torch.randint(0, 9, (n,), generator=generator, device=generator.device)
+    padded = torch.nn.functional.pad(batch, (PAD, PAD, PAD, PAD))
     rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
     batch_idx = torch.arange(n, device=batch.device)[:, None, None, None]
-    chan = torch.arange(3, device=batch.device)[None, :, None, None]
+    chan = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
     out = padded[batch_idx, chan, rows, cols]
-    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
-    out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    out = torch.where(flip.bool()[:, None, None, None], out.flip(3), out)
     return out.contiguous(memory_format=torch.channels_last)
 
 

@@ -21,6 +21,7 @@ from kdpipe.models import Tapped, build_model, count_params, default_feature_lay
 from kdpipe.paths import PREPARED_DIR, model_file, plot_files, seed_metrics_file
 from kdpipe.runtime import Runtime, environment, seed_everything, stage_cost
 from kdpipe.train import TeacherSource, TrainData, Trained, fit
+from kdpipe.views import Views
 
 
 @dataclass
@@ -92,8 +93,10 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
             tracking.log_dataset(prepared.summary, PREPARED_DIR)
             if teacher_saved:
                 tracking.link_teacher(teacher_saved)
+        views = Views.make(cfg.seed, len(data.train_y), cfg.data.views, runtime.device) \
+            if cfg.data.views else None
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
-                     augment_batches=cfg.data.augment, checkpoint=checkpoint,
+                     augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
                      on_epoch=tracking.log_epoch, label=spec.run_name)
         ids = {"mlflow_run_id": run.info.run_id,
                "mlflow_model_id": tracking.log_model(model.model, prepared.image_size)}

@@ -1,13 +1,15 @@
 """Teacher outputs for distillation: computed once and cached, or live when they cannot be.
 
-The cache holds, per training sample (same order as the prepared train split):
-    logits.npy    float32 (N, classes)
-    features.npy  float16 (N, ...): the teacher's output at teacher.feature_layer ((32, 8, 8),
-                  its last feature map, for the tutorial's DeepNN); absent if it has none
-    meta.json     the prepared data's digest, the teacher's MLflow run id and the layer it was
-                  made from
+The cache holds, per training sample (the prepared train split's order; with data.views: K,
+each image's K views, row `image * K + view`):
+    logits.npy    float32 (N or N*K, classes)
+    features.npy  float16 (N or N*K, ...): the teacher's output at teacher.feature_layer
+                  ((32, 8, 8), its last feature map, for the tutorial's DeepNN); only when a
+                  method of distill.methods needs features and the teacher has such a layer
+    meta.json     what it was computed from: the prepared data's digest, the teacher's MLflow
+                  run id, the layer and the number of views
 The cosine target (2048 -> 1024 average pool) is derived from the feature map on the fly,
-so each thing is stored once. With data.augment the inputs change every epoch, so there is
+so each thing is stored once. With data.augment the inputs change every batch, so there is
 nothing to cache: the folder then holds only meta.json, and distillation runs the teacher live.
 
 Why float16 for the feature map: it is 97% of the cache (2048 values a sample vs 10 logits),
@@ -30,27 +32,34 @@ from kdpipe.files import atomic_path, read_json, write_json
 from kdpipe.losses import TeacherOutputs
 from kdpipe.models import Tapped
 from kdpipe.progress import bar, say
+from kdpipe.views import Views
 
 FEATURE_DTYPE = np.float16
 TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
 
 
 @torch.no_grad()
-def compute_targets(teacher, images: torch.Tensor, normalize, autocast, batch: int = 1000):
-    """One pass of the frozen teacher over uint8 `images` in the run's precision (`autocast`,
-    as a live teacher runs): (logits float32, feature maps float32), on the CPU."""
+def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
+                    views: Views | None = None, features: bool = True, batch: int = 1000):
+    """One pass of the frozen teacher over uint8 `images` (each of its views, with `views`) in
+    the run's precision (`autocast`, as a live teacher runs): (logits float32, feature maps
+    float32 or None), on the CPU, in cache-row order."""
     teacher.eval()
-    logits, features = [], []
-    steps = bar(len(images), "teacher pass", "img")
-    for start in range(0, len(images), batch):
+    logits, maps = [], []
+    rows = len(images) * (views.count if views else 1)
+    steps = bar(rows, "teacher pass", "img")
+    for start in range(0, rows, batch):
+        keys = torch.arange(start, min(start + batch, rows), device=images.device)
+        x = (views.apply(normalize(images[keys // views.count]), keys) if views
+             else normalize(images[keys]))
         with autocast():
-            out, fmap = teacher.forward_with_features(normalize(images[start:start + batch]))
+            out, fmap = teacher.forward_with_features(x)
         logits.append(out.float().cpu())
-        if fmap is not None:
-            features.append(fmap.float().cpu())
+        if features and fmap is not None:
+            maps.append(fmap.float().cpu())
         steps.update(len(out))
     steps.close()
-    return torch.cat(logits), torch.cat(features) if features else None
+    return torch.cat(logits), torch.cat(maps) if maps else None
 
 
 def check_cache_fits(count: int, num_classes: int, feature_shape: tuple[int, ...] | None) -> int:
@@ -60,11 +69,12 @@ def check_cache_fits(count: int, num_classes: int, feature_shape: tuple[int, ...
 
     per_sample = 4 * num_classes + 2 * math.prod(feature_shape or (0,))
     size, free = count * per_sample, psutil.virtual_memory().available
-    text = (f"the teacher-output cache takes {size / 2**20:,.0f} MiB ({count:,} samples x "
+    text = (f"the teacher-output cache takes {size / 2**20:,.0f} MiB ({count:,} rows x "
             f"{per_sample:,} bytes) with {free / 2**20:,.0f} MiB of memory free")
     if size > free / 2:
-        raise DataError(f"{text}: too much. Choose a smaller teacher.feature_layer, fewer or "
-                        "smaller images, or data.augment: true (the teacher then runs live)")
+        raise DataError(f"{text}: too much. Choose a smaller teacher.feature_layer, fewer "
+                        "data.views, fewer or smaller images, or data.augment: true (the "
+                        "teacher then runs live)")
     if size > free / 4:
         say(f"warning: {text}")
     return size
@@ -84,20 +94,27 @@ def save_targets(folder: Path, meta: dict, logits: torch.Tensor | None = None,
         write_json(tmp / "meta.json", meta)
 
 
+# What a cache's meta.json records, and what it means when it differs from what a stage expects.
+META_CHECKS = {"data_sha256": "other data than data/prepared",
+               "teacher_run_id": "another teacher",
+               "teacher_layer": "another teacher.feature_layer",
+               "views": "another data.views"}
+
+
 class CachedTargets:
-    """Looks up cached teacher outputs by sample index; loads only what the objective needs."""
+    """Looks up cached teacher outputs by cache row (a sample, or a sample's view); loads only
+    what the objective needs. `expected`: the meta.json values this stage was run with (the
+    layer is checked only where features are needed: logits do not depend on it)."""
 
     def __init__(self, folder: Path, needs: tuple[str, ...], device: torch.device,
-                 data_sha256: str, teacher_run_id: str, teacher_layer: str | None):
+                 expected: dict):
         meta = read_json(Path(folder) / "meta.json")
-        checks = [("data_sha256", data_sha256, "other data than data/prepared"),
-                  ("teacher_run_id", teacher_run_id, "another teacher")]
-        if "features" in needs:
-            checks.append(("teacher_layer", teacher_layer, "another teacher.feature_layer"))
-        for key, expected, what in checks:
-            if meta.get(key) != expected:
-                raise DataError(f"{folder} was computed from {what} ({key} {meta.get(key)}, "
-                                f"expected {expected}); run `dvc repro teacher_targets`")
+        for key, what in META_CHECKS.items():
+            found = meta.get(key, 0 if key == "views" else None)  # no views: a cache of images
+            if key in expected and (key != "teacher_layer" or "features" in needs) \
+                    and found != expected[key]:
+                raise DataError(f"{folder} was computed from {what} ({key} {found}, "
+                                f"expected {expected[key]}); run `dvc repro teacher_targets`")
         for name in needs:
             if not (Path(folder) / TARGET_FILES[name]).exists():
                 raise DataError(f"{folder} holds no teacher {name}: the teacher has no feature "
@@ -105,8 +122,8 @@ class CachedTargets:
         self.tensors = {name: torch.from_numpy(np.load(Path(folder) / TARGET_FILES[name]))
                         .to(device) for name in needs}
 
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
-        return TeacherOutputs(**{name: t[idx].float() for name, t in self.tensors.items()})
+    def __call__(self, keys: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
+        return TeacherOutputs(**{name: t[keys].float() for name, t in self.tensors.items()})
 
 
 class LiveTeacher:
@@ -118,7 +135,7 @@ class LiveTeacher:
         self.autocast = autocast
 
     @torch.no_grad()
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
+    def __call__(self, keys: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
         with self.autocast():
             logits, features = self.teacher.forward_with_features(x)
         return TeacherOutputs(logits.float(), None if features is None else features.float())
@@ -126,10 +143,12 @@ class LiveTeacher:
 
 def teacher_source(augment: bool, teacher: Tapped, teacher_saved: dict, autocast,
                    folder: Path, needs: tuple[str, ...], device: torch.device,
-                   data_sha256: str):
-    """The cache when the teacher's inputs never change; with augmentation the inputs change
-    every epoch, so the teacher must see the student's very batch."""
+                   data_sha256: str, views: int):
+    """The cache when the teacher's inputs are known in advance (the images, or their fixed
+    views); with data.augment each batch is a fresh random view, so the teacher must see the
+    student's very batch."""
     if augment:
         return LiveTeacher(teacher, autocast)
-    return CachedTargets(folder, needs, device, data_sha256, teacher_saved["mlflow_run_id"],
-                         teacher.layer)
+    return CachedTargets(folder, needs, device, {
+        "data_sha256": data_sha256, "teacher_run_id": teacher_saved["mlflow_run_id"],
+        "teacher_layer": teacher.layer, "views": views})

@@ -22,6 +22,7 @@ from kdpipe.losses import Objective, TeacherOutputs
 from kdpipe.models import Tapped
 from kdpipe.progress import EpochProgress, NoBar, say
 from kdpipe.runtime import Runtime
+from kdpipe.views import Views
 
 TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
 
@@ -62,12 +63,15 @@ class Trained:
 
 def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
         runtime: Runtime, seed: int, *, teacher: TeacherSource | None = None,
-        augment_batches: bool = False, checkpoint: Checkpoint | None = None,
+        augment_batches: bool = False, views: Views | None = None,
+        checkpoint: Checkpoint | None = None,
         on_epoch: Callable[[dict], None] = lambda record: None,
         label: str | None = None) -> Trained:
     """Train `model` in place with Adam for `cfg.epochs` epochs, evaluating after each.
 
-    Batch order depends only on `seed`, so every student sees the same batches. With a
+    Batch order depends only on `seed`, so every student sees the same batches; with `views`,
+    epoch e shows each image the view that (seed, e) picks, and `teacher` is asked for its
+    outputs on that view (the cache row `views.keys`). With a
     checkpoint, each finished epoch is saved and a rerun resumes after the last one. With a
     `label` (e.g. kd-43), progress is shown: a line per epoch, a bar on a terminal."""
     device = runtime.device
@@ -97,16 +101,20 @@ def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
         start = time.perf_counter()
         losses = []
         batches = batch_order(len(data.train_y), cfg.batch_size, order_rng)
+        shown = views.for_epoch(seed, epoch) if views else None
         steps = progress.steps(epoch, len(batches)) if progress else NoBar()
         for i, idx in enumerate(batches):
             # The global step, a function of where training is, not of a counter: it survives
             # a resume.
             objective.start_step((epoch - 1) * steps_per_epoch + i + 1, steps_per_epoch)
             idx = idx.to(device, non_blocking=True)
-            x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
-            if augment_batches:
+            x, y, keys = data.normalize(data.train_x[idx]), data.train_y[idx], idx
+            if views:
+                keys = views.keys(idx, shown[idx])
+                x = views.apply(x, keys)
+            elif augment_batches:
                 x = augment(x, augment_rng)
-            targets = teacher(idx, x) if teacher else TeacherOutputs()
+            targets = teacher(keys, x) if teacher else TeacherOutputs()
             step = compiled if len(idx) == cfg.batch_size else forward
             with runtime.autocast():
                 logits, features = step(x)
