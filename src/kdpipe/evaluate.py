@@ -1,4 +1,4 @@
-"""Accuracy on a preloaded split."""
+"""Accuracy and logits on a preloaded split."""
 from __future__ import annotations
 
 import contextlib
@@ -24,3 +24,16 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             logits = model(x)
         correct += (logits.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum()
     return 100.0 * correct.item() / len(labels)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor,
+            normalize: Callable[[torch.Tensor], torch.Tensor],
+            autocast=contextlib.nullcontext) -> torch.Tensor:
+    """The model's logits on uint8 `images`, float32 on the CPU (eval mode, left there)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), EVAL_BATCH):
+        with autocast():
+            out.append(model(normalize(images[start:start + EVAL_BATCH])).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)

@@ -6,6 +6,7 @@ TARGETS_DIR = Path("data/teacher_targets")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
+PREDICTIONS_DIR = Path("predictions")
 REPORT = Path("reports/comparison.md")
 CHECKED_PARAMS = Path("reports/params.json")
 CHECKPOINT_DIR = Path(".checkpoints")  # git-ignored; DVC does not delete it before a rerun
@@ -21,6 +22,11 @@ def model_file(name: str, seed: int) -> Path:
 def seed_metrics_file(name: str, seed: int) -> Path:
     """One training run's metrics; compare aggregates them over seeds into metrics/<name>.json."""
     return METRICS_DIR / "seeds" / f"{name}-{seed}.json"
+
+
+def prediction_file(name: str, seed: int) -> Path:
+    """One training run's logits on the test split (float32 .npy), for its fidelity metrics."""
+    return PREDICTIONS_DIR / f"{name}-{seed}.npy"
 
 
 def plot_files(name: str, seed: int) -> dict[str, Path]:

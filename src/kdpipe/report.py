@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
+import torch
+
+from kdpipe.fidelity import FIDELITY_KEYS, to_teacher
 from kdpipe.files import read_json
-from kdpipe.paths import FIGURES, seed_metrics_file
+from kdpipe.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.stats import holm, paired_gain, summarize, verdict
 
 DESCRIPTIONS = {  # model name -> what it is
@@ -25,18 +29,25 @@ BF16_KEYS = ("inference_ms_batch1_bf16", "inference_images_per_second_bf16")  # 
 
 def read_runs(teacher_seed: int, seeds: list[int], methods: list[str]) -> dict[str, list[dict]]:
     """Every model's per-seed records (metrics/seeds/<name>-<seed>.json), in seed order:
-    teacher, baseline student, then each method that ran."""
+    teacher, baseline student, then each method that ran; each student's with its agreement
+    with and KL from the teacher on test (from predictions/<name>-<seed>.npy)."""
     runs = {"teacher": [read_json(seed_metrics_file("teacher", teacher_seed))]}
+    teacher_logits = load_logits("teacher", teacher_seed)
     for name in ("student", *methods):
-        runs[name] = [read_json(seed_metrics_file(name, s)) for s in seeds]
+        runs[name] = [read_json(seed_metrics_file(name, s))
+                      | to_teacher(load_logits(name, s), teacher_logits) for s in seeds]
     return runs
+
+
+def load_logits(name: str, seed: int) -> torch.Tensor:
+    return torch.from_numpy(np.load(prediction_file(name, seed)))
 
 
 def aggregate(runs: list[dict]) -> dict:
     """One model's metrics over its seeds: accuracies as mean, std, CI and per-seed values;
     costs as means."""
     out: dict = {"seeds": [r["seed"] for r in runs]}
-    for key in ("test_acc", "val_acc"):
+    for key in ("test_acc", "val_acc", *FIDELITY_KEYS):
         if key in runs[0]:
             values = [r[key] for r in runs]
             summary = summarize(values)
@@ -103,7 +114,7 @@ def markdown(comparison: dict) -> str:
             *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
             f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
             f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"]) + " |")
-    lines += bf16_lines(models)
+    lines += fidelity_lines(models) + bf16_lines(models)
     best, choose_by = comparison["best_student"], comparison["choose_by"]
     lines += ["", f"Chosen by mean `{choose_by}`: **{best}**; its seed {comparison['best_seed']}"
               f" (best `{choose_by}` of the method) is registered as `kd-student`.", ""]
@@ -128,6 +139,17 @@ def markdown(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fidelity_lines(models: dict) -> list[str]:
+    """Fidelity on test (kdpipe.fidelity), mean ± 95% CI over seeds."""
+    lines = ["", "Fidelity on test: top-1 agreement with the teacher, KL(teacher ‖ model) at "
+             "T = 1, expected calibration error (15 bins).", "",
+             "| model | agreement % | KL (nats) | ECE % |", "|---|---:|---:|---:|"]
+    for name, row in models.items():
+        cells = [_pm(row[k], row[f"{k}_ci95"]) if k in row else "–" for k in FIDELITY_KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def bf16_lines(models: dict) -> list[str]:
     """What each model trained in, and what bf16 buys at inference where it was measured."""
     trained = ", ".join(f"{name} {row['precision']}" for name, row in models.items())
@@ -144,9 +166,10 @@ def bf16_lines(models: dict) -> list[str]:
 def summary_metrics(comparison: dict) -> dict:
     """The few numbers worth a column in `dvc exp show`."""
     models = comparison["models"]
-    out: dict = {name: {k: models[name][k] for k in ("test_acc", "test_acc_ci95", "val_acc",
-                                                     "delta_vs_student", "speedup_vs_teacher")
-                        if k in models[name]} for name in models}
+    keys = ("test_acc", "test_acc_ci95", "val_acc", "delta_vs_student", "speedup_vs_teacher",
+            *FIDELITY_KEYS)
+    out: dict = {name: {k: models[name][k] for k in keys if k in models[name]}
+                 for name in models}
     for method, gain in comparison["gains"].items():
         out[method] |= {"gain_ci95": gain["ci95"], "gain_p_value": gain["p_value"],
                         "gain_p_holm": gain["p_holm"]}

@@ -8,17 +8,25 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdpipe import tracking
 from kdpipe.checkpoint import Checkpoint, run_key, save_tensors
 from kdpipe.config import Config, DataConfig, TrainConfig, flat
 from kdpipe.data import Normalize, Prepared, to_device
-from kdpipe.files import write_json, write_text
+from kdpipe.fidelity import expected_calibration_error
+from kdpipe.files import write_json, write_text, write_with
 from kdpipe.inference import inference_cost
 from kdpipe.losses import Objective
 from kdpipe.models import Tapped, build_model, count_params, default_feature_layer
-from kdpipe.paths import PREPARED_DIR, model_file, plot_files, seed_metrics_file
+from kdpipe.paths import (
+    PREPARED_DIR,
+    model_file,
+    plot_files,
+    prediction_file,
+    seed_metrics_file,
+)
 from kdpipe.runtime import Runtime, environment, seed_everything, stage_cost
 from kdpipe.train import TeacherSource, TrainData, Trained, fit
 from kdpipe.views import Views
@@ -107,11 +115,13 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                   "data_sha256": prepared.digest, "inputs": inputs, **ids})
         curve = data.curve()[0]
         metrics = final_metrics(spec, model, result, curve, saved_file, runtime,
-                                prepared.image_size)
+                                prepared.image_size, data.test_y.cpu())
         tracking.log_final(metrics, environment(runtime))
         record = {**metrics, **ids, "data_sha256": prepared.digest, "curve": curve,
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
                               for r in result.history]}
+        write_with(prediction_file(spec.name, spec.seed),
+                   lambda tmp: np.save(tmp, result.test_logits.numpy()))
         write_json(seed_metrics_file(spec.name, spec.seed), record)
         write_curves(plot_files(spec.name, spec.seed), result.history, curve)
     checkpoint.remove()
@@ -119,13 +129,15 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
 
 
 def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
-                  saved_file: Path, runtime: Runtime, image_size: int) -> dict:
+                  saved_file: Path, runtime: Runtime, image_size: int,
+                  test_labels: torch.Tensor) -> dict:
     speed = result.images_seen / result.train_seconds if result.train_seconds else 0.0
     return {
         "seed": spec.seed,
         "precision": runtime.precision,  # what it trained and was evaluated in
         "test_acc": result.test_acc,
         **({curve: result.curve_acc} if curve != "test_acc" else {}),
+        "test_ece": expected_calibration_error(result.test_logits, test_labels),
         "num_params": count_params(model),
         "epochs": len(result.history),
         "train_seconds": round(result.train_seconds, 2),

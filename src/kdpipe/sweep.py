@@ -23,10 +23,11 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdpipe.config import flat
+from kdpipe.fidelity import FIDELITY_KEYS
 from kdpipe.files import write_json, write_text, write_with
 from kdpipe.stats import ALPHA, holm, paired_gain
 
@@ -43,6 +44,7 @@ class Setting:
     val: dict[str, float]   # seed -> validation accuracy
     test: dict[str, float]  # seed -> test accuracy
     experiment: str
+    fidelity: dict = field(default_factory=dict)  # mean agreement, kl_to_teacher, test_ece
 
     @property
     def recipe(self) -> dict:
@@ -96,8 +98,9 @@ def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
             setting = {k: v for k, v in params.items() if reads(model, k)}
             key = json.dumps([model, normal(setting), normal(common)], sort_keys=True,
                              default=str)
+            fidelity = {k: row[k] for k in FIDELITY_KEYS if k in row}
             unique.setdefault(key, Setting(model, setting, common, row["val_acc_per_seed"],
-                                           row["test_acc_per_seed"], name))
+                                           row["test_acc_per_seed"], name, fidelity))
     return list(unique.values())
 
 
@@ -198,7 +201,21 @@ def markdown(result: dict, keys: list[str], left_out: int) -> str:
                   "| test gain vs | mean ± CI (pp) | p | verdict |", "|---|---:|---:|---|",
                   f"| the same-recipe baseline | {_gain(test['vs_same'], 'p_value')} |",
                   f"| the best baseline | {_gain(test['vs_best'], 'p_value')} |"]
+        lines += fidelity_table({"chosen setting": m, "best baseline": best})
     return "\n".join(lines) + "\n"
+
+
+def fidelity_table(settings: dict[str, Setting]) -> list[str]:
+    """Fidelity on test (kdpipe.fidelity), means over seeds, where the experiments have it."""
+    if not all(m.fidelity for m in settings.values()):
+        return []
+    lines = ["", "| fidelity on test | agreement with teacher % | KL(teacher ‖ model) nats "
+             "| ECE % |", "|---|---:|---:|---:|"]
+    for label, m in settings.items():
+        f = m.fidelity
+        lines.append(f"| {label} | {f['agreement']:.2f} | {f['kl_to_teacher']:.3f} | "
+                     f"{f['test_ece']:.2f} |")
+    return lines
 
 
 def figure(result: dict, keys: list[str], path: Path) -> None:
@@ -235,6 +252,7 @@ def summary(result: dict, keys: list[str]) -> dict:
     def row(r):
         return {"model": r["trained"].model, "setting": r["trained"].setting,
                 "experiment": r["trained"].experiment, "val_acc": r["trained"].mean_val(),
+                "fidelity": r["trained"].fidelity,
                 "val_vs_same": r["val_vs_same"], "val_vs_best": r["val_vs_best"]}
 
     chosen = result["chosen"]

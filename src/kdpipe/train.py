@@ -17,7 +17,7 @@ from kdpipe.checkpoint import Checkpoint
 from kdpipe.config import TrainConfig
 from kdpipe.data import augment, batch_order
 from kdpipe.errors import DivergedError
-from kdpipe.evaluate import accuracy
+from kdpipe.evaluate import accuracy, predict
 from kdpipe.losses import Objective, TeacherOutputs
 from kdpipe.models import Tapped
 from kdpipe.progress import EpochProgress, NoBar, say
@@ -51,6 +51,7 @@ class Trained:
     images_seen: int
     curve_acc: float       # the curve's accuracy (val_acc or test_acc) at the end
     test_acc: float        # on the test split, once, after the last epoch
+    test_logits: torch.Tensor  # float32 (N test, classes), on the CPU: for fidelity metrics
 
     @property
     def train_seconds(self) -> float:  # time in training steps, evaluation excluded
@@ -149,9 +150,9 @@ def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
                             ({"scheduler": scheduler.state_dict()} if scheduler else {}))
     curve_acc = history[-1][curve_name] if history else \
         accuracy(model, curve_x, curve_y, data.normalize, runtime.autocast)  # no epoch to train
-    test_acc = curve_acc if curve_name == "test_acc" else \
-        accuracy(model, data.test_x, data.test_y, data.normalize, runtime.autocast)  # seen once
-    return Trained(history, len(data.train_y) * len(history), curve_acc, test_acc)
+    test_logits = predict(model, data.test_x, data.normalize, runtime.autocast)  # seen once
+    test_acc = 100.0 * (test_logits.argmax(1) == data.test_y.cpu()).double().mean().item()
+    return Trained(history, len(data.train_y) * len(history), curve_acc, test_acc, test_logits)
 
 
 def lr_schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
