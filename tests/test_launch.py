@@ -39,8 +39,9 @@ action = sys.argv[1]
 if action == "wait":  # until the test creates the file
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.02)
-elif action == "executor":  # an idle worker left running, as MLflow's downloads leave one
-    ThreadPoolExecutor(1).submit(print, "submitted").result()
+elif action == "executor":  # kept by a library, as MLflow keeps its download pool
+    threading.pool = ThreadPoolExecutor(1)
+    threading.pool.submit(print, "submitted").result()
 elif action == "stuck":
     threading.Thread(target=threading.Event().wait, name="stuck").start()
 """
@@ -124,6 +125,13 @@ def wait_for(condition, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (the launcher, once it forwards)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
 def test_the_warm_process_stays_while_a_stage_runs_past_its_idle_time(root, env):
     first = start(root, env, "wait", str(root / "done"))
     try:
@@ -182,6 +190,7 @@ def test_a_stage_ignores_the_signals_its_caller_ignores(root, env):
 def test_a_stage_killed_by_a_signal_exits_as_a_shell_reports_it(root, env):
     proc = start(root, env, "wait", str(root / "never"))
     assert not report(proc)["cold"]
+    wait_for(lambda: catches(proc.pid, signal.SIGTERM))
     proc.terminate()  # forwarded to the stage, which Python's default SIGTERM ends
     assert finish(proc)[0] == 128 + signal.SIGTERM
 
