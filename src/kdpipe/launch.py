@@ -99,6 +99,7 @@ def inherited_state() -> list:
 
 
 def private_folder() -> Path:
+    """The folder for sockets and logs; PermissionError if another user could use it."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     folder = (Path(runtime, "kdpipe-warm") if runtime
               else Path(tempfile.gettempdir(), f"kdpipe-warm-{os.getuid()}"))

@@ -120,7 +120,7 @@ class Stages:
         """In a child: drop what belongs to the warm process. Above all the lock: a stage
         holding it would keep any new warm process out after this one is gone."""
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, self.inherited_sigchld)  # stages wait for their own
+        signal.signal(signal.SIGCHLD, self.inherited_sigchld)  # as a cold stage has it
         self.listener.close()
         for fd in self.own_fds:
             os.close(fd)
@@ -167,6 +167,8 @@ def run_child(conn: socket.socket) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
 def receive(conn: socket.socket) -> dict:
     header, fds, _, _ = socket.recv_fds(conn, 4, 3)
     for target, fd in enumerate(fds):  # stdin, stdout, stderr of the client
