@@ -128,10 +128,10 @@ class Stages:
             conn.close()
 
     def report_ended(self) -> None:
-        while self.running:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if not pid:
-                return
+        for pid in list(self.running):  # not waitpid(-1): a library's child is not ours to reap
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if not ended:
+                continue
             code = os.waitstatus_to_exitcode(status)
             conn = self.running.pop(pid)
             with contextlib.suppress(OSError):  # the launcher is gone
