@@ -1,0 +1,287 @@
+"""The warm launcher (kdpipe.launch, kdpipe.warm) with tiny stage scripts and warm processes that
+import nothing (KDPIPE_WARM_PRELOAD=0), in a folder of their own: stages run warm or cold as
+they should, with their caller's process state, and end as a plain process would."""
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# Prints what a stage can see of its process, then does what its first argument says.
+STAGE = """
+import json, os, resource, signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+
+def target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+print(json.dumps({
+    "pid": os.getpid(), "ppid": os.getppid(), "affinity": sorted(os.sched_getaffinity(0)),
+    "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+    "hup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
+    "fds": [target(fd) for fd in os.listdir("/proc/self/fd")]}), flush=True)
+action = sys.argv[1]
+if action == "wait":  # until the test creates the file
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.02)
+elif action == "executor":  # kept by a library, as MLflow keeps its download pool
+    threading.pool = ThreadPoolExecutor(1)
+    threading.pool.submit(print, "submitted").result()
+elif action == "stuck":
+    threading.Thread(target=threading.Event().wait, name="stuck").start()
+"""
+
+
+@pytest.fixture
+def root():
+    """A short folder (socket paths must fit in 108 bytes), whose warm processes are killed."""
+    folder = Path(tempfile.mkdtemp(prefix="kdw-"))
+    (folder / "run").mkdir(mode=0o700)
+    (folder / "stage.py").write_text(STAGE)
+    yield folder
+    for pid in warm_processes(folder):
+        os.killpg(pid, signal.SIGKILL)  # the warm process and the stages it forked
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def warm_processes(folder: Path) -> list[int]:
+    """The session leaders (warm processes) whose command line names `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and str(folder) in (entry / "cmdline").read_text()
+                    and os.getsid(int(entry.name)) == int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@pytest.fixture
+def env(root) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KDPIPE_", "MLFLOW_")) and k != "PYTEST_CURRENT_TEST"}
+    env.update(PYTHONPATH=str(ROOT / "src"), XDG_RUNTIME_DIR=str(root / "run"), TMPDIR=str(root),
+               KDPIPE_WARM_PRELOAD="0", KDPIPE_WARM_IDLE="1")
+    return env
+
+
+def start(root: Path, env: dict, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kdpipe.launch", str(root / "stage.py"), *args],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def report(proc: subprocess.Popen) -> dict:
+    """What the stage printed first about itself; `cold` when it ran in the launcher's process."""
+    seen = json.loads(proc.stdout.readline())
+    return {**seen, "cold": seen["pid"] == proc.pid}
+
+
+def finish(proc: subprocess.Popen, timeout: float = 20) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+def launch(root: Path, env: dict, *args: str, **popen) -> tuple[dict, int, str]:
+    proc = start(root, env, *args, **popen)
+    seen = report(proc)
+    return (seen, *finish(proc))
+
+
+def socket_for(env: dict, monkeypatch) -> Path:
+    """The socket a launcher run with `env` (from this test's process) connects to."""
+    from kdpipe import launch
+
+    for name in set(os.environ) - set(env):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return launch.socket_path()
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (the launcher, once it forwards)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+def test_the_warm_process_stays_while_a_stage_runs_past_its_idle_time(root, env):
+    first = start(root, env, "wait", str(root / "done"))
+    try:
+        seen = report(first)
+        time.sleep(2)  # twice KDPIPE_WARM_IDLE
+        again, code, _ = launch(root, env, "report")
+        assert code == 0 and not again["cold"] and again["ppid"] == seen["ppid"]
+        assert not seen["cold"] and not any(t.endswith(".lock") for t in seen["fds"])
+    finally:
+        (root / "done").touch()
+        assert finish(first)[0] == 0
+
+
+def test_a_stage_outliving_its_warm_process_does_not_keep_a_new_one_out(root, env):
+    first = start(root, env, "wait", str(root / "done"))
+    try:
+        old = report(first)["ppid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{old}").exists()
+                 or Path(f"/proc/{old}/stat").read_text().split()[2] == "Z")
+        seen, code, err = launch(root, env, "report")  # before: 180 s, then cold
+        assert code == 0 and not seen["cold"] and seen["ppid"] != old, err
+    finally:
+        (root / "done").touch()
+        finish(first)
+
+
+def test_a_folder_others_may_use_is_not_trusted(root, env):
+    shared = root / f"kdpipe-warm-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    seen, code, err = launch(root, {k: v for k, v in env.items() if k != "XDG_RUNTIME_DIR"},
+                             "report")
+    assert code == 0 and seen["cold"]
+    assert f"{shared} is not a private folder" in err and "running the stage cold" in err
+    assert list(shared.iterdir()) == []
+    seen, code, _ = launch(root, env, "report")  # $XDG_RUNTIME_DIR, where set, instead
+    assert code == 0 and not seen["cold"]
+    assert list((root / "run" / "kdpipe-warm").glob("*.sock"))
+
+
+def test_a_stage_ignores_the_signals_its_caller_ignores(root, env):
+    seen, code, _ = launch(root, env, "report")
+    assert code == 0 and not seen["cold"] and not seen["hup_ignored"]
+    nohup = start(root, env, "wait", str(root / "done"),
+                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        seen = report(nohup)
+        assert not seen["cold"] and seen["hup_ignored"]
+        nohup.send_signal(signal.SIGHUP)  # as at logout: not passed on
+    finally:
+        (root / "done").touch()
+    assert finish(nohup)[0] == 0
+
+
+def test_a_stage_killed_by_a_signal_exits_as_a_shell_reports_it(root, env):
+    proc = start(root, env, "wait", str(root / "never"))
+    assert not report(proc)["cold"]
+    wait_for(lambda: catches(proc.pid, signal.SIGTERM))
+    proc.terminate()  # forwarded to the stage, which Python's default SIGTERM ends
+    assert finish(proc)[0] == 128 + signal.SIGTERM
+
+
+def test_a_stage_leaving_an_idle_executor_ends(root, env):
+    seen, code, _ = launch(root, env, "executor")
+    assert code == 0 and not seen["cold"]
+
+
+def test_a_stage_leaving_a_stuck_thread_ends_after_the_wait_saying_so(root, env):
+    seen, code, err = launch(root, {**env, "KDPIPE_THREAD_WAIT": "0.5"}, "stuck")
+    assert code == 0 and not seen["cold"]
+    assert "threads still running 0.5 s after the stage ended (stuck)" in err
+
+
+def test_a_warm_process_running_a_thread_has_the_stage_run_cold(root, env, monkeypatch):
+    path = socket_for(env, monkeypatch)
+    server = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import warm; "
+              "threading.Thread(target=threading.Event().wait, daemon=True).start(); "
+              "warm.serve(sys.argv[2])")
+    subprocess.Popen([sys.executable, "-c", server, str(ROOT / "src" / "kdpipe"), str(path)],
+                     env=env, start_new_session=True)
+    wait_for(path.exists)
+    seen, code, err = launch(root, env, "report")
+    assert code == 0 and seen["cold"]
+    assert err.splitlines() == ["kdpipe: the warm process runs 2 threads (MainThread, Thread-1 "
+                                "(wait)); running the stage cold"]
+
+
+def test_a_warm_process_with_cuda_initialised_does_not_fork(monkeypatch):
+    import torch
+
+    from kdpipe import warm
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert "initialised CUDA" in warm.fork_hazard()
+
+
+def test_the_preload_leaves_one_thread_no_cuda_and_no_telemetry():
+    """The real preload (about 10 s on 2 cores), with MLflow's telemetry as outside pytest."""
+    check = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import warm; "
+             "warm.preload(); import torch, mlflow.telemetry as t; print(threading.active_count(), "
+             "torch.cuda.is_initialized(), t.get_telemetry_client(), warm.fork_hazard())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_CURRENT_TEST", "CI") and not k.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", check, str(ROOT / "src" / "kdpipe")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["1", "False", "None", "None"], done.stderr
+
+
+def test_a_launcher_losing_its_warm_process_before_the_stage_starts_runs_it_cold(
+        root, env, monkeypatch):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_for(env, monkeypatch)))
+    listener.listen()
+    threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True).start()
+    try:
+        seen, code, err = launch(root, env, "report")
+    finally:
+        listener.close()
+    assert code == 0 and seen["cold"]
+    assert err.strip() == "kdpipe: the warm process went away; running the stage cold"
+
+
+def test_a_stage_runs_with_its_callers_affinity_nice_and_limits(root, env):
+    seen, code, _ = launch(root, env, "report")
+    assert code == 0 and not seen["cold"]
+    cpus = sorted(os.sched_getaffinity(0))[:1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = min(soft, 200)
+
+    def restrict():
+        os.sched_setaffinity(0, cpus)
+        os.nice(3)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    seen, code, _ = launch(root, env, "report", preexec_fn=restrict)
+    assert code == 0 and not seen["cold"]
+    assert (seen["affinity"], seen["nice"], seen["nofile"]) == (cpus, os.nice(0) + 3,
+                                                                [limit, hard])
+
+
+def test_the_user_site_folder_is_part_of_the_key(tmp_path, monkeypatch):
+    import site
+
+    from kdpipe import launch
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(site, "USER_SITE", str(tmp_path / "user-site"))
+    before = launch.socket_path()
+    (tmp_path / "user-site").mkdir()
+    created = launch.socket_path()
+    (tmp_path / "user-site" / "new_package").mkdir()
+    assert len({before, created, launch.socket_path()}) == 3
