@@ -93,7 +93,8 @@ def report(proc: subprocess.Popen) -> dict:
     return {**seen, "cold": seen["pid"] == proc.pid}
 
 
-def finish(proc: subprocess.Popen, timeout: float = 20) -> tuple[int, str]:
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """The exit code and stderr; the bound only stops a hang (the old launcher waited 180 s)."""
     try:
         _, err = proc.communicate(timeout=timeout)
     finally:
@@ -118,7 +119,7 @@ def socket_for(env: dict, monkeypatch) -> Path:
     return launch.socket_path()
 
 
-def wait_for(condition, timeout: float = 10) -> None:
+def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

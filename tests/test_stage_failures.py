@@ -40,6 +40,12 @@ def stage(ws: Path, *args: str, env_extra: dict | None = None, wait: bool = True
     return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
 
 
+# "Fails in seconds", as a bound a busy shared machine still meets: a start with imports takes
+# 4-25 s here (idle to loaded), while what it guards against takes minutes (MLflow's retries of
+# an unreachable server, or a stage that trains before it checks).
+SECONDS = 90
+
+
 def created(ws: Path) -> list[str]:
     return sorted(p.name for p in ws.iterdir() if p.name != "params.yaml")
 
@@ -51,7 +57,7 @@ def test_a_typo_in_params_fails_fast_with_one_line_and_writes_nothing(tmp_path):
     start = time.monotonic()
     done = stage(ws, "train.py", "teacher")
     assert done.returncode == 2
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < SECONDS
     assert done.stderr.strip().splitlines() == [
         "error: distill.kd.temprature: unknown key (did you mean 'temperature'?); "
         "allowed keys: temperature, soft_target_weight, ce_weight"]
@@ -86,7 +92,7 @@ def test_an_unreachable_tracking_server_stops_the_stage_before_any_work(tmp_path
     done = stage(ws, "prepare.py",
                  env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
     assert done.returncode == 2 and "is unreachable" in done.stderr
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < SECONDS
     assert created(ws) == []
 
 
