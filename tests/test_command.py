@@ -21,3 +21,27 @@ def test_an_unknown_subcommand_is_refused_naming_the_choices():
     done = subprocess.run([str(KDPIPE), "swep"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "invalid choice: 'swep'" in done.stderr and "sweep" in done.stderr
+
+
+def test_the_strong_recipe_is_valid_params_and_runs_as_one_experiment(monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    done = subprocess.run([str(KDPIPE), "recipe", "strong", "--dry-run"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("dvc exp run -n strong -S data.views=8 ")
+    assert "-S teacher.schedule=cosine" in done.stdout and "-S student.epochs=40" in done.stdout
+
+
+def test_a_recipe_with_a_misspelt_key_fails_before_dvc_starts(tmp_path, monkeypatch):
+    from kdpipe.errors import ConfigError
+    from kdpipe.recipes import overrides
+    from tests.conftest import ROOT
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "typo.yaml").write_text("teacher.epoch: 40\n")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^teacher.epoch: unknown key \(did you mean 'epochs'"):
+        overrides("typo")

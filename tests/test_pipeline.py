@@ -42,10 +42,19 @@ def test_repro_runs_every_stage_and_writes_every_output(built):
             f"epoch,accuracy\n1,{run['val_acc']}\n"
     for figure in ("accuracy", "gains", "curves", "accuracy_vs_latency"):
         assert (built / "reports" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    models = read_json(built / "metrics" / "models.json")
+    assert models["teacher"]["speedup_vs_teacher"] == 1.0
+    assert all(models[name]["speedup_vs_teacher"] > 1 for name in MODELS[1:])
+    for name in MODELS[1:]:  # fidelity on test, of every student
+        assert 0 <= models[name]["agreement"] <= 100 and models[name]["kl_to_teacher"] >= 0
+        assert 0 <= models[name]["test_ece"] <= 100
+    # what `dvc exp show` shows: the chosen student, mean accuracies and gains, nothing more
     comparison = read_json(built / "metrics" / "comparison.json")
-    assert set(MODELS) <= set(comparison)
-    assert comparison["teacher"]["speedup_vs_teacher"] == 1.0
-    assert all(comparison[name]["speedup_vs_teacher"] > 1 for name in MODELS[1:])
+    assert comparison["best"] in MODELS[1:] and set(comparison) == {"best", *MODELS}
+    assert comparison["kd"] == {
+        "val": round(models["kd"]["val_acc"], 2), "test": round(models["kd"]["test_acc"], 2),
+        "gain": pytest.approx(models["kd"]["test_acc"] - models["student"]["test_acc"],
+                              abs=0.006)}
     assert "| **kd**" in (built / "reports" / "comparison.md").read_text()
     assert read_json(built / "reports" / "params.json")["data"]["val_fraction"] == 0.1
 

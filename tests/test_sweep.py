@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from kdpipe import sweep
 from kdpipe.sweep import (
     analyse,
     chosen_test_metrics,
@@ -115,8 +116,7 @@ def test_a_failed_experiment_is_left_out(monkeypatch, capsys):
     """DVC lists a failed queued run with the params it was given and the metrics of the files
     it started from: counting it would credit the baseline's scores to its params."""
     def entry(name, error=None):
-        data = {"params": {"params.yaml": {"data": {"seed": 42}}},
-                "metrics": {"metrics/models.json": {"data": {"student": {}}}}}
+        data = {"params": {"params.yaml": {"data": {"seed": 42}}}}
         return {"rev": name * 8, "name": name, "error": error, "data": data}
 
     shown = [{**entry("base"), "experiments": [
@@ -124,6 +124,7 @@ def test_a_failed_experiment_is_left_out(monkeypatch, capsys):
         {"revs": [entry("bad", {"msg": "Experiment run failed", "type": ""})]}]}]
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a, 0, json.dumps(shown), ""))
+    monkeypatch.setattr(sweep, "models_at", lambda rev: {"student": {}})
     assert [name for name, _, _ in experiments(False)] == ["base", "good"]
     assert "left out experiment bad: Experiment run failed" in capsys.readouterr().err
 

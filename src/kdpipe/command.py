@@ -1,5 +1,6 @@
 """The `kdpipe` command: one name for the project's tools, each with its own --help.
 
+    kdpipe recipe strong [--queue]                         a named recipe (kdpipe.recipes)
     kdpipe sweep [--all-commits] [--out reports/sweep]     the sweep report (kdpipe.sweep)
     kdpipe cluster submit|sweep [...]                      Slurm fan-out (kdpipe.cluster)
     kdpipe gpu-check --kit .whl --archive ... --out ...    the default pipeline on CUDA
@@ -16,6 +17,7 @@ from pathlib import Path
 
 # name -> (a module with main(argv), or a script of the checkout; what it does)
 COMMANDS = {
+    "recipe": ("kdpipe.recipes", "run a named set of params overrides as a DVC experiment"),
     "sweep": ("kdpipe.sweep", "choose on validation over DVC experiments, test once"),
     "cluster": ("kdpipe.cluster", "run the pipeline's stages or a sweep as Slurm jobs"),
     "gpu-check": ("benchmarks/gpu_check.py", "the default pipeline on CUDA, timed, as JSON"),

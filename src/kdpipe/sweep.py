@@ -2,8 +2,9 @@
 
     python -m kdpipe.sweep [--all-commits] [--out reports/sweep] [--no-mlflow]
 
-Collects every DVC experiment (`dvc exp show --json`: each one's params and its
-metrics/models.json, which holds every model's per-seed validation and test accuracy) and
+Collects every DVC experiment (`dvc exp show --json`: each one's params; its
+metrics/models.json, which holds every model's per-seed validation and test accuracy, read from
+DVC's cache at the experiment's commit) and
 groups the trained models by the params they read: a baseline student by its recipe (the
 `student` section), a distilled student by its recipe and its method's section. Duplicates (a
 model restored from DVC's cache in several experiments) count once. Then, on validation only:
@@ -33,6 +34,7 @@ from kdpipe.stats import ALPHA, holm, paired_gain
 
 # must match across a sweep
 COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
+MODELS_FILE = "metrics/models.json"  # every model's per-seed val and test accuracy
 
 
 @dataclass
@@ -60,6 +62,20 @@ def reads(model: str, key: str) -> bool:
     return key.startswith("student.") or own
 
 
+def models_at(rev: str) -> dict | None:
+    """metrics/models.json as experiment (or commit) `rev` left it, from DVC's cache; None
+    where it has none."""
+    from dvc.api import read
+    from dvc.exceptions import DvcException
+
+    try:
+        text = Path(MODELS_FILE).read_text() if rev == "workspace" else read(MODELS_FILE,
+                                                                              rev=rev)
+    except (FileNotFoundError, DvcException):
+        return None
+    return json.loads(text)
+
+
 def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
     """(name, flattened params, metrics/models.json) of every experiment DVC knows."""
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
@@ -76,7 +92,7 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
             return
         data = entry.get("data") or {}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-        models = ((data.get("metrics") or {}).get("metrics/models.json") or {}).get("data")
+        models = models_at(entry["rev"]) if params else None
         if params and models:
             found.append((entry.get("name") or entry["rev"][:7], flat(params), models))
         for group in entry.get("experiments") or []:
