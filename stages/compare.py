@@ -17,7 +17,8 @@ def main() -> None:
     runs = read_runs(cfg.seed, cfg.seeds, cfg.distill.methods)
     comparison = collect(runs)
     write_json(METRICS_DIR / "models.json", comparison["models"])
-    write_json(METRICS_DIR / "comparison.json", summary_metrics(comparison))
+    write_json(METRICS_DIR / "comparison.json", summary_metrics(comparison),
+               sort_keys=False)  # the columns of `dvc exp show`, in this order
     write_text(REPORT, markdown(comparison))
     draw_all(comparison, runs)
     best, chosen_by = comparison["best_student"], comparison["choose_by"]

@@ -42,8 +42,8 @@ def write_text(path: str | Path, text: str) -> None:
     write_with(path, lambda tmp: tmp.write_text(text))
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -164,14 +164,20 @@ def bf16_lines(models: dict) -> list[str]:
 
 
 def summary_metrics(comparison: dict) -> dict:
-    """What `dvc exp show` shows per experiment, so that it answers at a glance: the chosen
-    student, each model's mean val and test accuracy and each method's mean test gain over the
-    baseline student (pp), rounded to 2 decimals to keep the columns narrow. Everything else
-    (CIs, p, per-seed values, costs, fidelity) is in metrics/models.json and the report."""
+    """What `dvc exp show` shows per experiment, narrow enough to answer at a glance on a
+    200-column terminal: the chosen student; the teacher's test accuracy; the baseline
+    student's val and test accuracy; each method's val accuracy and test gain over the baseline
+    (its test accuracy is the baseline's plus the gain), in %, 2 decimals. In this order, not
+    sorted: DVC keeps a metrics file's order, and columns that do not fit collapse from the
+    right. Everything else (CIs, p, per-seed values, costs, fidelity) is in
+    metrics/models.json and the report."""
     models, gains = comparison["models"], comparison["gains"]
-    out: dict = {"best": comparison["best_student"]}
-    for name, row in models.items():
-        out[name] = {k: round(row[f"{k}_acc"], 2) for k in ("val", "test") if f"{k}_acc" in row}
-        if name in gains:
-            out[name]["gain"] = round(gains[name]["mean"], 2)
+    out: dict = {"best": comparison["best_student"],
+                 "teacher": {"test": round(models["teacher"]["test_acc"], 2)},
+                 "student": {k: round(models["student"][f"{k}_acc"], 2)
+                             for k in ("val", "test") if f"{k}_acc" in models["student"]}}
+    for method, gain in gains.items():
+        row = models[method]
+        out[method] = {**({"val": round(row["val_acc"], 2)} if "val_acc" in row else {}),
+                       "gain": round(gain["mean"], 2)}
     return out
