@@ -53,9 +53,15 @@ START_TIMEOUT = 180.0  # seconds to wait for a new warm process to finish import
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+USAGE = "usage: python -m kdpipe.launch <stage script> [args...]"
+
+
 def main(argv: list[str]) -> None:
     if not argv:
-        sys.exit("usage: python -m kdpipe.launch <stage script> [args...]")
+        sys.exit(USAGE)
+    if argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{__doc__.split(chr(10) + chr(10), 1)[0]}")
+        return
     started = time.time()
     if os.environ.get("KDPIPE_WARM", "1") == "0" or sys.platform != "linux":
         run_cold(argv)
