@@ -53,7 +53,7 @@ def test_export_ships_the_student_chosen_on_validation(built):
     assert results["model"] == f"{method}-42" and results["test_images"] == len(labels) == 200
     assert results["top1_agreement"] >= 99.9 and results["opset"] == export.OPSET
     runtimes = results["runtimes"]
-    assert list(runtimes) == ["pytorch", "onnxruntime", "onnxruntime_int8"]
+    assert sorted(runtimes) == ["onnxruntime", "onnxruntime_int8", "pytorch"]
     if record["precision"] == "fp32":  # the training stage measured the same model
         assert runtimes["pytorch"]["test_acc"] == record["test_acc"]
     assert runtimes["onnxruntime"]["test_acc"] == export.accuracy(

@@ -37,7 +37,7 @@ def markdown(results: dict, max_loss: float) -> str:
     int8 = runtimes.get("onnxruntime_int8")
     if int8 is not None:
         verdict = ("usable" if int8["usable"] else "**not usable**, so not timed")
-        lines += ["", f"int8 loses {int8['accuracy_loss']:+.2f} pp of test accuracy against "
+        lines += ["", f"int8 loses {int8['accuracy_loss']:.2f} pp of test accuracy against "
                   f"PyTorch: {verdict} (`export.int8_max_loss`: {max_loss} pp). Calibrated on "
                   f"{int8['calibration_images']} train images (seeded, class-balanced)."]
     lines += ["", f"All on this machine's CPU, {results['threads']} thread(s) each; medians of "
