@@ -1,9 +1,11 @@
 """Stage `compare`: every model over its seeds -> metrics/models.json (per model: mean, std,
 CI, per-seed values, costs), metrics/comparison.json, reports/comparison.md and its figures,
-all also logged to an MLflow run; registers the chosen student. Reads only the per-seed records
-of the current seeds and methods (metrics/seeds/<model>-<seed>.json): they hold the curves and
-MLflow ids too."""
+all also logged to an MLflow run; registers the chosen student and names it in
+models/chosen.json (what stage `export` ships). Reads only the per-seed records of the current
+seeds and methods (metrics/seeds/<model>-<seed>.json): they hold the curves and MLflow ids
+too."""
 from kdpipe import registry, tracking
+from kdpipe.chosen import CHOSEN_FILE, chosen
 from kdpipe.cli import run_stage
 from kdpipe.config import load_config
 from kdpipe.figures import draw_all
@@ -20,6 +22,7 @@ def main() -> None:
     write_json(METRICS_DIR / "comparison.json", summary_metrics(comparison),
                sort_keys=False)  # the columns of `dvc exp show`, in this order
     write_text(REPORT, markdown(comparison))
+    write_json(CHOSEN_FILE, chosen(comparison))
     draw_all(comparison, runs)
     best, chosen_by = comparison["best_student"], comparison["choose_by"]
     with tracking.stage_run(cfg.mlflow.experiment, "compare",

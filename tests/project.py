@@ -106,3 +106,14 @@ def read_json(path: Path):
 
 
 MODELS_PER_SEED = ["student-42", "kd-42", "cosine-42", "hint-42"]  # run names, QUICK's seed
+
+
+def chosen_student(repo: Path) -> dict:
+    """What compare chose (models/chosen.json): the model stage export ships."""
+    return read_json(repo / "models" / "chosen.json")
+
+
+def and_export(before: dict, repo: Path) -> list[str]:
+    """["export"] if the last repro changed the chosen student (`before`: chosen_student
+    then), else []: export reruns exactly when the model it ships changes."""
+    return ["export"] if chosen_student(repo) != before else []

@@ -111,12 +111,12 @@ def test_your_builder_file_reruns_exactly_the_stages_that_build_it(built, tmp_pa
                                    "feature_layer": "4"}})
     assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
         "check_params", "compare", "distill@cosine-42", "distill@hint-42", "distill@kd-42",
-        "train_student@42"]
+        "export", "train_student@42"]
     assert read_json(repo / "metrics" / "models.json")["kd"]["num_params"] < 3000
     with open(repo / "my_models.py", "a") as f:
         f.write("\n# an edit\n")
     assert stale_stages(repo) == ["distill@cosine-42", "distill@hint-42", "distill@kd-42",
-                                  "train_student@42"]
+                                  "export", "train_student@42"]
 
 
 def test_a_builder_and_its_code_param_must_agree(built, tmp_path):

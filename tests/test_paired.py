@@ -4,7 +4,7 @@ through the real stages and the cached teacher outputs."""
 import torch
 
 from kdpipe.checkpoint import safe_load
-from tests.project import clone, edit_params, ran_stages, read_json, sh
+from tests.project import and_export, chosen_student, clone, edit_params, ran_stages, read_json, sh
 
 ZERO = {"kd": {"soft_target_weight": 0, "ce_weight": 1},
         "cosine": {"hidden_weight": 0, "ce_weight": 1},
@@ -13,9 +13,11 @@ ZERO = {"kd": {"soft_target_weight": 0, "ce_weight": 1},
 
 def test_a_zero_weight_method_trains_the_baseline_student_bit_for_bit(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
+    before = chosen_student(repo)
     edit_params(repo, {"distill": ZERO})
-    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
-        "check_params", "compare", "distill@cosine-42", "distill@hint-42", "distill@kd-42"]
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted([
+        "check_params", "compare", "distill@cosine-42", "distill@hint-42", "distill@kd-42",
+        *and_export(before, repo)])
     baseline = safe_load(repo / "models" / "student-42.pt")["state_dict"]
     base_record = read_json(repo / "metrics" / "seeds" / "student-42.json")
     for method in ZERO:

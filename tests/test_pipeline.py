@@ -11,7 +11,7 @@ from tests.project import MODELS_PER_SEED, clean_env, ran_stages, read_json, wai
 from tests.test_safety import closed_port
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
-          "distill@kd-42", "distill@cosine-42", "distill@hint-42", "compare"]
+          "distill@kd-42", "distill@cosine-42", "distill@hint-42", "compare", "export"]
 MODELS = ["teacher", "student", "kd", "cosine", "hint"]
 
 
@@ -24,7 +24,7 @@ def mlflow_client(repo):
 
 def test_repro_runs_every_stage_and_writes_every_output(built):
     ran = ran_stages((built / "repro.log").read_text())
-    assert sorted(ran) == sorted(STAGES) and ran[-1] == "compare"
+    assert sorted(ran) == sorted(STAGES) and ran[-2:] == ["compare", "export"]
     assert ran[0] == "check_params"  # any params problem is reported before any work
     for name in MODELS:
         run = read_json(built / "metrics" / "seeds" / f"{name}-42.json")
@@ -82,7 +82,7 @@ def test_mlflow_has_one_finished_run_per_stage_with_lineage(built):
     runs = client.search_runs([experiment.experiment_id])
     by_name = {run.info.run_name: run for run in runs}
     assert sorted(by_name) == sorted(["prepare", "teacher-42", *MODELS_PER_SEED,
-                                      "teacher_targets", "compare"])
+                                      "teacher_targets", "compare", "export"])
     assert len(runs) == len(by_name)
     commit = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=built, capture_output=True,
                             text=True).stdout.strip()  # the commit before the lock file

@@ -2,7 +2,14 @@
 never on test, never across data; a model restored from DVC's cache keeps its version."""
 import pytest
 
-from kdpipe.registry import REGISTERED_MODEL, data_alias, register_best_student
+from kdpipe.registry import (
+    ONNX_REGISTERED_MODEL,
+    REGISTERED_MODEL,
+    data_alias,
+    register_best,
+    register_best_student,
+    version_tags,
+)
 
 DATA, OTHER_DATA = "a" * 64, "b" * 64
 
@@ -63,3 +70,33 @@ def test_an_already_registered_model_reuses_its_version(client):
     again, moved = register_best_student("kd", record, "val_acc")
     assert again == first and moved == []
     assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL}'")) == 1
+
+
+def exported() -> tuple[str, str]:
+    """(model id, run id) of a model logged by its own run, as stage export logs the ONNX one."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        model = mlflow.initialize_logged_model(name="model")
+    return model.model_id, run.info.run_id
+
+
+def test_the_onnx_model_follows_the_same_rules_and_a_re_export_takes_over(client):
+    def onnx_best(alias: str = "best") -> str:
+        return client.get_model_version_by_alias(ONNX_REGISTERED_MODEL, alias).version
+
+    kd = trained(60.0, 58.0)
+    first, moved = register_best(ONNX_REGISTERED_MODEL, *exported(),
+                                 version_tags("kd", kd, "val_acc"))
+    assert moved == [data_alias(DATA), "best"] and onnx_best() == first
+    again, moved = register_best(ONNX_REGISTERED_MODEL, *exported(),
+                                 version_tags("kd", kd, "val_acc"))
+    assert again != first and moved == [data_alias(DATA), "best"]  # the same student, anew
+    _, moved = register_best(ONNX_REGISTERED_MODEL, *exported(),
+                             version_tags("hint", trained(59.0, 70.0), "val_acc"))
+    assert moved == [] and onnx_best() == again  # worse on validation
+    other, moved = register_best(ONNX_REGISTERED_MODEL, *exported(),
+                                 version_tags("kd", trained(90.0, 90.0, OTHER_DATA), "val_acc"))
+    assert moved == [data_alias(OTHER_DATA)] and onnx_best() == again
+    assert onnx_best(data_alias(OTHER_DATA)) == other
+    assert client.search_model_versions(f"name = '{REGISTERED_MODEL}'") == []  # untouched

@@ -7,7 +7,17 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.project import clean_env, clone, edit_params, ran_stages, read_json, sh, stale_stages
+from tests.project import (
+    and_export,
+    chosen_student,
+    clean_env,
+    clone,
+    edit_params,
+    ran_stages,
+    read_json,
+    sh,
+    stale_stages,
+)
 
 TRAINING = ["train_teacher", "train_student@42", "distill@kd-42", "distill@cosine-42",
             "distill@hint-42"]
@@ -16,12 +26,12 @@ STUDENTS = ["train_student@42", "distill@kd-42", "distill@cosine-42", "distill@h
 # params key -> (a new valid value, the stages that read it besides check_params)
 READERS = {
     "seed": (7, ["prepare", "train_teacher", "teacher_targets", "distill@kd-42",
-                 "distill@cosine-42", "distill@hint-42", "compare"]),
+                 "distill@cosine-42", "distill@hint-42", "compare", "export"]),
     "seeds": ([42, 43], ["compare", "train_student@43", "distill@kd-43", "distill@cosine-43",
                          "distill@hint-43"]),
     "device": ("cpu", [*TRAINING, "teacher_targets"]),
     "precision": ("bf16", [*TRAINING, "teacher_targets"]),
-    "threads": (1, [*TRAINING, "teacher_targets"]),
+    "threads": (1, [*TRAINING, "teacher_targets", "export"]),
     "compile": (True, []),  # a speed switch: changes no result
     "data.source": ("elsewhere.tar.gz", ["prepare"]),
     "data.limit_train": (301, ["prepare"]),
@@ -30,8 +40,8 @@ READERS = {
     "data.views": (2, [*TRAINING, "teacher_targets"]),
     "data.val_fraction": (0.2, ["prepare"]),
     "data.image_size": (24, ["prepare"]),
-    "data.mean": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets"]),
-    "data.std": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets"]),
+    "data.mean": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets", "export"]),
+    "data.std": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets", "export"]),
     "teacher.epochs": (2, ["train_teacher"]),
     "teacher.lr": (0.002, ["train_teacher"]),
     "teacher.batch_size": (64, ["train_teacher"]),
@@ -49,7 +59,7 @@ READERS = {
     "student.batch_size": (64, STUDENTS),
     "student.schedule": ("cosine", STUDENTS),
     "student.arch": ("resnet18", STUDENTS),
-    "student.code": ("src/kdpipe/losses.py", STUDENTS),
+    "student.code": ("src/kdpipe/losses.py", [*STUDENTS, "export"]),  # export rebuilds it
     "student.feature_layer": ("features.3", ["distill@kd-42", "distill@cosine-42",
                                              "distill@hint-42"]),
     "student.warmup_epochs": (1, STUDENTS),
@@ -76,6 +86,10 @@ READERS = {
     "distill.dist.gamma": (1.0, []),
     "distill.dist.temperature": (1.0, []),
     "distill.dist.ce_weight": (0.5, []),
+    # export reads only these; the chosen model reaches it through models/chosen.json
+    "export.int8": (False, ["export"]),
+    "export.calibration_images": (500, ["export"]),
+    "export.int8_max_loss": (2.0, ["export"]),
     "mlflow.experiment": ("another-experiment", []),  # where runs are recorded, not results
 }
 
@@ -130,13 +144,15 @@ def test_stray_and_temp_files_rerun_nothing(built, tmp_path):
 
 def test_a_method_param_reruns_only_that_method_then_a_seed_only_its_students(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
+    before = chosen_student(repo)
     edit_params(repo, {"distill": {"kd": {"temperature": 4}}})
     assert ran_stages(sh(["dvc", "repro"], repo)) == ["check_params", "distill@kd-42",
-                                                      "compare"]
+                                                      "compare", *and_export(before, repo)]
+    before = chosen_student(repo)
     edit_params(repo, {"seeds": [42, 43]})
-    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted([
         "check_params", "compare", "distill@cosine-43", "distill@hint-43", "distill@kd-43",
-        "train_student@43"]
+        "train_student@43", *and_export(before, repo)])
     kd = read_json(repo / "metrics" / "models.json")["kd"]
     assert set(kd["test_acc_per_seed"]) == {"42", "43"} and kd["test_acc_ci95"] is not None
     assert "paired t-test p =" in (repo / "reports" / "comparison.md").read_text()
@@ -144,15 +160,29 @@ def test_a_method_param_reruns_only_that_method_then_a_seed_only_its_students(bu
 
 def test_adding_a_method_runs_only_its_stages_and_compare(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
+    before = chosen_student(repo)
     edit_params(repo, {"distill": {"methods": ["kd", "cosine", "hint", "dkd", "lskd"]}})
     # teacher_targets reads the list (it caches features only if a method needs them); its
     # cache comes out the same, so no other method's stage reruns
-    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == [
-        "check_params", "compare", "distill@dkd-42", "distill@lskd-42", "teacher_targets"]
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted([
+        "check_params", "compare", "distill@dkd-42", "distill@lskd-42", "teacher_targets",
+        *and_export(before, repo)])
     models = read_json(repo / "metrics" / "models.json")
     assert sorted(models) == ["cosine", "dkd", "hint", "kd", "lskd", "student", "teacher"]
     assert {"dkd", "lskd"} <= set(read_json(repo / "metrics" / "comparison.json"))
     assert "| **lskd**" in (repo / "reports" / "comparison.md").read_text()
+
+
+def test_export_reruns_only_when_the_chosen_model_changes(built, tmp_path):
+    """compare rewrites models/chosen.json on every run; export follows only a change of it."""
+    repo = clone(built, tmp_path / "repo")
+    with open(repo / "stages" / "compare.py", "a") as f:
+        f.write("\n# a compare-only change\n")
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["compare"]  # the same student chosen
+    method = chosen_student(repo)["method"]
+    stage = "train_student@42" if method == "student" else f"distill@{method}-42"
+    assert ran_stages(sh(["dvc", "repro", "-f", "-s", stage], repo)) == [stage]
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["compare", "export"]  # a new model file
 
 
 def test_a_code_change_reruns_the_stages_that_import_it(built, tmp_path):

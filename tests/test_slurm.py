@@ -51,7 +51,8 @@ def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noq
     out = sh(["python", "-m", "kdpipe.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
               "--logs", str(tmp_path / "logs")], head, env)
     jobs = re.findall(r"^(\d+)  \S+$", out, flags=re.M)  # "<job id>  <stage>" per job
-    assert len(jobs) == 13  # check_params, prepare, teacher, 2 students, targets, 6, compare
+    assert len(jobs) == 14  # check_params, prepare, teacher, 2 students, targets, 6, compare,
+    # export
     while sh(["squeue", "-h"], ROOT, env).strip():
         assert time.monotonic() - start < 900, sh(["squeue"], ROOT, env)
         time.sleep(1)
@@ -59,11 +60,11 @@ def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noq
     states = job_states(env, jobs)
     logs = "\n".join(p.read_text()[-600:] for p in sorted((tmp_path / "logs").iterdir()))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
-    print(f"\n{slurm['slots']} Slurm CPU slot(s): 13 jobs done in {wall:.0f} s")
+    print(f"\n{slurm['slots']} Slurm CPU slot(s): 14 jobs done in {wall:.0f} s")
 
     assert ran_stages(sh(["dvc", "repro", "--pull"], head, env)) == []  # all from run-cache
     assert "up to date" in sh(["dvc", "status"], head, env)
     runs = server_runs(server, experiment)
     names = sorted(r.info.run_name for r in runs)
-    assert names == sorted(["prepare", "teacher-42", "teacher_targets", "compare", *(
+    assert names == sorted(["prepare", "teacher-42", "teacher_targets", "compare", "export", *(
         f"{m}-{s}" for s in (42, 43) for m in ("student", "kd", "cosine", "hint"))]), names

@@ -21,7 +21,7 @@ def test_every_stage_stays_run_cacheable(built):
         assert not any(v.get("persist") for o in outs for v in o.values()), name
     with Repo(str(built)) as repo:
         stages = list(repo.index.stages)
-        assert len(stages) == 9 and all(_can_hash(s) for s in stages)
+        assert len(stages) == 10 and all(_can_hash(s) for s in stages)
 
 
 def test_a_second_clone_restores_every_stage_from_the_shared_remote(built, tmp_path):
@@ -41,6 +41,7 @@ def test_a_second_clone_restores_every_stage_from_the_shared_remote(built, tmp_p
     outputs = ["data/prepared/train_images.npy", "data/teacher_targets/logits.npy",
                "models/teacher-42.pt", "models/kd-42.pt", "metrics/seeds/hint-42.json",
                "metrics/models.json", "metrics/comparison.json", "reports/comparison.md",
-               "reports/params.json", "plots/accuracy/student-42.csv"]
+               "reports/params.json", "plots/accuracy/student-42.csv", "models/chosen.json",
+               "models/student.onnx", "metrics/export.json", "reports/export.md"]
     for path in outputs:
         assert filecmp.cmp(a / path, b / path, shallow=False), path

@@ -212,6 +212,19 @@ class MlflowConfig:
     experiment: str = rule("a non-empty experiment name", lambda v: v.strip() != "")
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Stage `export`: the chosen student in ONNX, and an int8 copy measured beside it."""
+    # Quantize a copy to int8 (static, onnxruntime) and report its accuracy and speed.
+    int8: bool = True
+    # Train images (a seeded, class-balanced subset) that calibrate the int8 activation ranges.
+    calibration_images: int = rule("an integer >= 1", lambda v: v >= 1, default=1000)
+    # The int8 copy is reported as usable only if it loses at most this much test accuracy
+    # (percentage points) against the PyTorch model.
+    int8_max_loss: float = rule("a number >= 0 (percentage points)", lambda v: v >= 0,
+                                default=1.0)
+
+
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -228,6 +241,7 @@ class Config:
     student: TrainConfig
     distill: DistillConfig
     mlflow: MlflowConfig
+    export: ExportConfig = field(default_factory=ExportConfig)
     # bf16 autocast (losses, softmax and caches stay fp32) or full fp32; auto: bf16 where the
     # device computes it in hardware (GPU capability >= 8.0, CPU with AMX), else fp32.
     precision: str = rule(" | ".join(PRECISIONS), lambda v: v in PRECISIONS, default="auto")

@@ -8,7 +8,11 @@ Rules (the test set never chooses):
   data (another data digest). Each data digest has its own alias `best-<digest[:12]>`, and
   `best` stays with the data it was first set on; moving it to other data is a user's explicit
   call (`MlflowClient().set_registered_model_alias("kd-student", "best", <version>)`).
-- A model already registered (restored from DVC's run-cache) reuses its version.
+- A model already registered (restored from DVC's run-cache) reuses its version; a newer
+  version of the same trained model (its ONNX export, re-exported) takes over its aliases.
+
+The same rules hold for every registered form of the chosen student: `kd-student` (the PyTorch
+model its training stage logged) and `kd-student-onnx` (stage `export`'s ONNX model).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import os
 from kdpipe.tracking import in_store, store_lock
 
 REGISTERED_MODEL = "kd-student"
+ONNX_REGISTERED_MODEL = "kd-student-onnx"
 BEST_ALIAS = "best"
 
 
@@ -43,36 +48,45 @@ def beats(candidate: dict, holder, chosen_by: str) -> bool:
     held = holder.tags
     if held.get("data_digest") != candidate["data_digest"]:
         return False
+    if held.get("mlflow_run_id") == candidate["mlflow_run_id"]:
+        return True  # the same trained model, registered again (exported anew): the newer wins
     if held.get("chosen_by") != chosen_by or chosen_by not in held:
         return True  # chosen another (older) way on the same data: not comparable, replace it
     return float(candidate[chosen_by]) > float(held[chosen_by])
 
 
 def register_best_student(method: str, record: dict, chosen_by: str) -> tuple[str, list[str]]:
-    """Register the chosen student (`record`: its metrics file) as a version of `kd-student`
-    and move the aliases it beats; checks and moves happen under the store lock, so parallel
-    experiments cannot race past each other. Returns (version, aliases moved to it)."""
+    """Register the chosen student (`record`: its metrics file) as a version of `kd-student`;
+    see `register_best`."""
+    return register_best(REGISTERED_MODEL, record["mlflow_model_id"], record["mlflow_run_id"],
+                         version_tags(method, record, chosen_by))
+
+
+def register_best(name: str, model_id: str, run_id: str, tags: dict) -> tuple[str, list[str]]:
+    """Register logged model `model_id` (logged by run `run_id`) as a version of `name` with
+    `tags` (`version_tags`: the trained model, its data and how it was chosen) and move the
+    aliases it beats; checks and moves happen under the store lock, so parallel experiments
+    cannot race past each other. Returns (version, aliases moved to it)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    tags = version_tags(method, record, chosen_by)
+    chosen_by = tags["chosen_by"]
     moved = []
-    if not in_store([record["mlflow_model_id"]]):
+    if not in_store([model_id]):
         return "none (its model is in another MLflow store)", moved
     with store_lock():
-        known = client.search_model_versions(
-            f"name = '{REGISTERED_MODEL}' and run_id = '{record['mlflow_run_id']}'")
+        known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         version = known[0].version if known else mlflow.register_model(
-            f"models:/{record['mlflow_model_id']}", REGISTERED_MODEL, tags=tags).version
-        for alias in (data_alias(record["data_sha256"]), BEST_ALIAS):
+            f"models:/{model_id}", name, tags=tags).version
+        for alias in (data_alias(tags["data_digest"]), BEST_ALIAS):
             try:
-                holder = client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+                holder = client.get_model_version_by_alias(name, alias)
             except MlflowException:
                 holder = None
             if holder is not None and holder.version == version:
                 continue
             if beats(tags, holder, chosen_by):
-                client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+                client.set_registered_model_alias(name, alias, version)
                 moved.append(alias)
     return version, moved
