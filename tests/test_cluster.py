@@ -126,7 +126,9 @@ def test_jobs_share_results_and_the_head_restores_everything(built, tmp_path):
     assert all(ran[name] in ([], [name]) for name in scripts), ran
     assert [name for name in scripts if ran[name]] == [
         name for name in scripts if name.endswith("43") or name in ("compare", "check_params")]
-    assert not list((tmp_path / "jobs").iterdir())  # every job cleaned up its clone
+    jobs = tmp_path / "jobs"  # every job cleaned up its clone and, done, its checkpoints
+    assert list(jobs.iterdir()) == [jobs / "checkpoints"]
+    assert not [p for p in (jobs / "checkpoints").rglob("*") if p.is_file()]
     output = sh(["dvc", "repro", "--pull"], repo, env)
     assert ran_stages(output) == [] and "is cached - skipping run" in output
     import mlflow
