@@ -4,12 +4,14 @@ here in order with bash (Slurm's part is only the ordering); tests/test_slurm.py
 a real single-node Slurm."""
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
-from kdpipe.cluster import combinations
-from tests.project import clean_env, clone, ran_stages, sh
+from kdpipe.cluster import combinations, experiment_name
+from tests.project import clean_env, clone, edit_params, ran_stages, sh
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
           "distill@kd-42", "distill@cosine-42", "distill@hint-42", "compare", "export"]
@@ -46,21 +48,65 @@ def test_each_stage_is_a_job_after_the_jobs_of_its_inputs(built, tmp_path):
     commit = sh(["git", "rev-parse", "HEAD"], repo).strip()
     assert f"git checkout -q {commit}" in kd and "dvc repro --pull distill@kd-42" in kd
     assert "dvc push --run-cache" in kd and "--dependency" not in scripts["prepare"]
+    assert "export KDPIPE_WARM=0" in kd  # a warm process of its own would outlive the job
+    checkpoints = repo.parent / "jobs" / "checkpoints" / commit / "kd-distill_kd-42"
+    assert f"export KDPIPE_CHECKPOINT_DIR={checkpoints}" in kd
+
+
+def commit_all(repo, message: str) -> None:
+    sh(["git", "commit", "-qam", message], repo)
+
+
+def uncommitted(repo, env):
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n")
+
+
+def no_tracking_uri(repo, env):
+    env.pop("MLFLOW_TRACKING_URI")
+
+
+def no_remote(repo, env):
+    sh(["dvc", "remote", "default", "--unset"], repo)
+    commit_all(repo, "no remote")
+
+
+def untracked_builder(repo, env):
+    (repo / "mynet.py").write_text("def build(num_classes):\n    pass\n")
+    edit_params(repo, {"teacher": {"arch": "mynet:build", "code": "mynet.py"}})
+    commit_all(repo, "a builder, left untracked")
+
+
+def unpushed(repo, env):
+    origin = repo.parent / "origin.git"
+    sh(["git", "clone", "-q", "--bare", str(repo), str(origin)], repo)
+    sh(["git", "commit", "-q", "--allow-empty", "-m", "not pushed"], repo)
+    return ["--git-url", str(origin)]
+
+
+def outputs_not_pushed(repo, env):
+    sh(["dvc", "remote", "modify", "storage", "url", str(repo.parent / "empty-remote")], repo)
+    commit_all(repo, "an empty remote")
+
+
+def multiline_option(repo, env):
+    return ["--partition", "gpu\n#SBATCH --mem=1T"]
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda repo, env: (repo / "params.yaml").write_text((repo / "params.yaml").read_text()
-                                                         + "\n"), "uncommitted changes"),
-    (lambda repo, env: env.pop("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI is not set"),
-    (lambda repo, env: sh(["dvc", "remote", "default", "--unset"], repo)
-     or sh(["git", "commit", "-qam", "no remote"], repo), "no default DVC remote"),
+    (uncommitted, "uncommitted changes"),
+    (no_tracking_uri, "MLFLOW_TRACKING_URI is not set"),
+    (no_remote, "no default DVC remote"),
+    (untracked_builder, "teacher.code='mynet.py' is not committed"),
+    (unpushed, "is on no branch or tag of"),
+    (outputs_not_pushed, "the DVC remote lacks"),
+    (multiline_option, "--partition 'gpu\\n#SBATCH --mem=1T': an sbatch option value must be"),
 ])
 def test_what_jobs_need_is_checked_before_submitting(built, tmp_path, change, message):
     repo, env = with_remote(built, tmp_path)
-    change(repo, env)
-    done = subprocess.run(["python", "-m", "kdpipe.cluster", "submit", "--dry-run"], cwd=repo,
-                          env=env, capture_output=True, text=True)
-    assert done.returncode != 0 and message in done.stderr
+    args = change(repo, env) or []
+    done = subprocess.run(["python", "-m", "kdpipe.cluster", "submit", "--dry-run", *args],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
 def test_jobs_share_results_and_the_head_restores_everything(built, tmp_path):
@@ -82,7 +128,9 @@ def test_jobs_share_results_and_the_head_restores_everything(built, tmp_path):
     assert [name for name in scripts if ran[name]] == [
         name for name in scripts if name.endswith("43") or name in ("compare", "check_params")
         or (name == "export" and shipped)]
-    assert not list((tmp_path / "jobs").iterdir())  # every job cleaned up its clone
+    jobs = tmp_path / "jobs"  # every job cleaned up its clone and, done, its checkpoints
+    assert list(jobs.iterdir()) == [jobs / "checkpoints"]
+    assert not [p for p in (jobs / "checkpoints").rglob("*") if p.is_file()]
     output = sh(["dvc", "repro", "--pull"], repo, env)
     assert ran_stages(output) == [] and "is cached - skipping run" in output
     import mlflow
@@ -103,11 +151,50 @@ def test_a_sweep_is_one_job_per_combination():
         ["distill.kd.temperature=4", "student.epochs=5"]]
 
 
+def test_a_sweep_parses_lists_and_quotes_as_dvc_does():
+    assert combinations(["seeds=[42,43]", "distill.kd.temperature=2,4", "a='x,y'"]) == [
+        ["seeds=[42,43]", "distill.kd.temperature=2", "a='x,y'"],
+        ["seeds=[42,43]", "distill.kd.temperature=4", "a='x,y'"]]
+
+
+def test_every_sweep_point_has_a_name_of_its_own():
+    assert experiment_name(["a=11"]) != experiment_name(["a1=1"])
+    long = "distill.kd.soft_target_weight=0.5 distill.kd.ce_weight=0.5 student.lr=0.001"
+    names = {experiment_name([*long.split(), f"distill.kd.temperature={t}"]) for t in (1, 2)}
+    assert len(names) == 2 and all(n.startswith("kd-exp-distill.kd.soft_target_weight_0.5")
+                                   for n in names)
+
+
 def test_sweep_jobs_run_and_push_an_experiment(built, tmp_path):
     repo, env = with_remote(built, tmp_path)
     scripts = dry_run(repo, env, "sweep", "-S", "distill.kd.temperature=1,4")
     assert len(scripts) == 2
     body = next(iter(scripts.values()))
-    assert "dvc exp run --pull -n kd-exp-distill.kd.temperature1" in body
-    assert f"dvc exp push {repo}" in body
+    name = experiment_name(["distill.kd.temperature=1"])
+    assert name.startswith("kd-exp-distill.kd.temperature_1-")
+    assert f"dvc exp run --pull -n {name} -S distill.kd.temperature=1" in body
+    assert f"dvc exp push {repo} {name}" in body
     assert os.path.isabs(str(repo))
+
+
+def test_a_killed_teacher_job_resumes_from_its_checkpoint_when_resubmitted(built, tmp_path):
+    """As Slurm ends a job at its time limit or on scancel: SIGTERM to all its processes."""
+    repo, env = with_remote(built, tmp_path)
+    edit_params(repo, {"teacher": {"epochs": 4}})
+    commit_all(repo, "a longer teacher")
+    body = dry_run(repo, env, "submit")["train_teacher"]
+    checkpoints = tmp_path / "jobs" / "checkpoints" / sh(["git", "rev-parse", "HEAD"], repo
+                                                         ).strip() / "kd-train_teacher"
+    job = subprocess.Popen(["bash", "-c", body], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "teacher-42.pt").exists():  # after the teacher's first epoch
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=60) != 0
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["checkpoints"]  # clone gone
+    again = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert re.search(r"teacher-42: resuming after epoch [123] of 4", again.stdout + again.stderr)
+    assert not checkpoints.exists()  # the job succeeded: its checkpoints are gone

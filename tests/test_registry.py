@@ -15,10 +15,9 @@ DATA, OTHER_DATA = "a" * 64, "b" * 64
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
+def client(tmp_path):
     import mlflow
 
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # where the store lock lives
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("registry")
     yield mlflow.MlflowClient()
@@ -100,3 +99,22 @@ def test_the_onnx_model_follows_the_same_rules_and_a_re_export_takes_over(client
     assert moved == [data_alias(OTHER_DATA)] and onnx_best() == again
     assert onnx_best(data_alias(OTHER_DATA)) == other
     assert client.search_model_versions(f"name = '{REGISTERED_MODEL}'") == []  # untouched
+
+
+def test_a_concurrent_better_model_is_not_overwritten_by_a_worse_one(client, monkeypatch):
+    """The race a lock-free registry must survive: a better model registers and takes the
+    aliases between a worse one's read and its write."""
+    import mlflow
+
+    register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    better, set_alias = trained(62.0, 50.0), mlflow.MlflowClient.set_registered_model_alias
+
+    def another_writer_first(self, *args):
+        monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", set_alias)
+        register_best_student("cosine", better, "val_acc")
+        set_alias(self, *args)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", another_writer_first)
+    register_best_student("hint", trained(61.0, 70.0), "val_acc")
+    for alias in ("best", data_alias(DATA)):
+        assert holder(client, alias).tags["mlflow_run_id"] == better["mlflow_run_id"]

@@ -1,10 +1,14 @@
 """A team's MLflow: `mlflow server` on PostgreSQL with basic-auth and artifacts proxied by the
 server. The pipeline records into it (runs, models, lineage, registry), a model loads back
 through it, a wrong password stops a stage before any work, and parallel queued experiments
-write to it without errors."""
+write to it without errors, and concurrent compare runs agree on the experiment and the alias."""
+import multiprocessing
 import os
 import subprocess
+import tempfile
 import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,3 +148,53 @@ def test_queued_experiments_write_to_the_server_in_parallel(built, tmp_path, ser
     names = [r.info.run_name for r in runs if r.info.run_name != "export"]  # if kd is chosen
     assert sorted(names) == ["compare", "compare", "kd-42", "kd-42"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def released(barrier, env: dict, function, *args):
+    """In a process of its own, with a repository root of its own as a cluster job's clone
+    (no lock file shared): `function(*args)` as soon as every process is ready."""
+    os.environ.update(env, DVC_ROOT=tempfile.mkdtemp())
+    import mlflow  # noqa: F401 -- imported first, so that the calls start together
+
+    barrier.wait()
+    return function(*args)
+
+
+def concurrently(env: dict, calls: list) -> list:
+    """Each (function, args) of `calls` in a fresh process of its own, all released at once."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, \
+            ProcessPoolExecutor(len(calls), mp_context=context) as pool:
+        barrier = manager.Barrier(len(calls))
+        futures = [pool.submit(released, barrier, env, function, *args)
+                   for function, args in calls]
+        return [future.result(timeout=300) for future in futures]
+
+
+def test_concurrent_compare_runs_share_the_experiment_and_the_better_model_keeps_the_alias(
+        server, monkeypatch):
+    """The two steps of `compare` that race, run at the same instant by two processes against
+    the server: creating a new experiment, and moving the alias (on data of this test's own)."""
+    import mlflow
+
+    from kdpipe.registry import REGISTERED_MODEL, data_alias, register_best_student
+    from kdpipe.tracking import set_experiment
+    from tests.test_registry import trained
+
+    env = {k: v for k, v in client_env(server).items() if k.startswith("MLFLOW_")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ids = concurrently(env, [(set_experiment, ("compare-race",))] * 2)
+    assert ids[0] == ids[1]
+    digest = uuid.uuid4().hex * 2
+    mlflow.set_tracking_uri(server)
+    try:
+        mlflow.set_experiment(experiment_id=ids[0])
+        worse, better = trained(60.0, 70.0, digest), trained(61.0, 50.0, digest)
+        concurrently(env, [(register_best_student, ("kd", worse, "val_acc")),
+                           (register_best_student, ("cosine", better, "val_acc"))])
+        held = mlflow.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL,
+                                                                data_alias(digest))
+        assert held.tags["mlflow_run_id"] == better["mlflow_run_id"]
+    finally:
+        mlflow.set_tracking_uri(None)

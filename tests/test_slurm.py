@@ -2,7 +2,8 @@
 munge): the quick pipeline with 2 seeds, one job per stage, results shared through a
 local-folder DVC remote, runs recorded on the team's MLflow server (PostgreSQL, basic-auth).
 Every job COMPLETED, the head has nothing left to run, MLflow holds a run per stage. Slow:
-`pytest -m slow tests/test_slurm.py -s` prints the wall time with 1 and with 2 CPU slots."""
+`pytest -m slow tests/test_slurm.py -s` prints the wall time with 1 and with 2 CPU slots.
+And a failing job: Slurm cancels every job downstream of it."""
 import re
 import shutil
 import time
@@ -68,3 +69,24 @@ def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noq
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["prepare", "teacher-42", "teacher_targets", "compare", "export", *(
         f"{m}-{s}" for s in (42, 43) for m in ("student", "kd", "cosine", "hint"))]), names
+
+
+@pytest.mark.parametrize("slurm", [2], indirect=True, ids=["2 slots"])
+def test_a_failed_job_cancels_every_job_downstream_of_it(tmp_path, slurm):
+    head = copy_project(tmp_path / "head")
+    edit_params(head, {**QUICK, "data": {**QUICK["data"], "source": "missing.tar.gz"}})
+    sh(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote")], head)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "no data"], head)
+    env = {**clean_env(), "SLURM_CONF": slurm["SLURM_CONF"], "PYTHONPATH": str(head / "src"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = sh(["python", "-m", "kdpipe.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
+              "--logs", str(tmp_path / "logs")], head, env)
+    stages = dict(re.findall(r"^(\d+)  (\S+)$", out, flags=re.M))  # job id -> stage
+    deadline = time.monotonic() + 600
+    while sh(["squeue", "-h"], ROOT, env).strip():
+        assert time.monotonic() < deadline, sh(["squeue"], ROOT, env)
+        time.sleep(1)
+    states = {stages[job]: state for job, state in job_states(env, list(stages)).items()}
+    assert states["prepare"] == "FAILED", states  # it cannot read its data
+    downstream = set(states) - {"prepare", "check_params"}  # every other stage needs its data
+    assert len(downstream) == 7 and {states[s] for s in downstream} == {"CANCELLED"}, states

@@ -1,4 +1,5 @@
 """Where stages read and write, relative to the workspace DVC runs them in."""
+import os
 from pathlib import Path
 
 PREPARED_DIR = Path("data/prepared")
@@ -9,7 +10,9 @@ PLOTS_DIR = Path("plots")
 PREDICTIONS_DIR = Path("predictions")
 REPORT = Path("reports/comparison.md")
 CHECKED_PARAMS = Path("reports/params.json")
-CHECKPOINT_DIR = Path(".checkpoints")  # git-ignored; DVC does not delete it before a rerun
+# Git-ignored; DVC does not delete it before a rerun. KDPIPE_CHECKPOINT_DIR puts it elsewhere:
+# a cluster job's clone is deleted with the job, its checkpoints must outlive it.
+CHECKPOINT_DIR = Path(os.environ.get("KDPIPE_CHECKPOINT_DIR") or ".checkpoints")
 FIGURES = {"accuracy": Path("reports/accuracy.png"), "gains": Path("reports/gains.png"),
            "curves": Path("reports/curves.png"),
            "latency": Path("reports/accuracy_vs_latency.png")}

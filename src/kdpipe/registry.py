@@ -13,12 +13,16 @@ Rules (the test set never chooses):
 
 The same rules hold for every registered form of the chosen student: `kd-student` (the PyTorch
 model its training stage logged) and `kd-student-onnx` (stage `export`'s ONNX model).
+
+Concurrent compare runs, on one machine or on many against one tracking server, need no lock:
+each alias is computed from all registered versions, and set again until a read after the
+last set finds nothing to change, so the last writer always decides with every version there.
 """
 from __future__ import annotations
 
 import os
 
-from kdpipe.tracking import in_store, store_lock
+from kdpipe.tracking import in_store
 
 REGISTERED_MODEL = "kd-student"
 ONNX_REGISTERED_MODEL = "kd-student-onnx"
@@ -40,19 +44,38 @@ def version_tags(method: str, record: dict, chosen_by: str) -> dict:
     return tags
 
 
-def beats(candidate: dict, holder, chosen_by: str) -> bool:
-    """Whether `candidate` (version tags) should take an alias held by `holder` (a model
-    version, or None): only on the same data, chosen the same way, and strictly better."""
-    if holder is None:
-        return True
-    held = holder.tags
-    if held.get("data_digest") != candidate["data_digest"]:
-        return False
-    if held.get("mlflow_run_id") == candidate["mlflow_run_id"]:
-        return True  # the same trained model, registered again (exported anew): the newer wins
-    if held.get("chosen_by") != chosen_by or chosen_by not in held:
-        return True  # chosen another (older) way on the same data: not comparable, replace it
-    return float(candidate[chosen_by]) > float(held[chosen_by])
+def best_on(versions: list, data_digest: str, chosen_by: str) -> str | None:
+    """The version with the highest `chosen_by` score among those trained on `data_digest`
+    and chosen the same way. A tie keeps the earlier trained model (only a strictly higher score
+    displaces), but of one trained model's versions the newest counts (a re-export)."""
+    newest: dict[str, object] = {}  # trained model (its run id) -> its newest version
+    for v in versions:
+        if v.tags.get("data_digest") == data_digest and v.tags.get("chosen_by") == chosen_by \
+                and chosen_by in v.tags:
+            run = v.tags.get("mlflow_run_id", str(v.version))
+            if run not in newest or int(v.version) > int(newest[run].version):
+                newest[run] = v
+    first = {run: min(int(v.version) for v in versions
+                      if v.tags.get("mlflow_run_id", str(v.version)) == run) for run in newest}
+    best = min(newest.items(), key=lambda item: (-float(item[1].tags[chosen_by]),
+                                                 first[item[0]]), default=None)
+    return str(best[1].version) if best else None
+
+
+def wanted_aliases(client, name: str, data_digest: str, chosen_by: str) -> tuple[dict, dict]:
+    """(where the aliases of `name` point now, where they should, as version strings):
+    `best-<digest>` at the best version on this data, `best` at the best on the data it is on
+    (this data if it is on none)."""
+    model = client.get_registered_model(name)
+    held = {alias: str(v) for alias, v in model.aliases.items()}
+    # Read after the holders, so that every version an alias holds is in the list.
+    versions = list(client.search_model_versions(f"name = '{name}'"))
+    tags = {str(v.version): v.tags for v in versions}
+    best_data = tags.get(held[BEST_ALIAS], {}).get("data_digest") if BEST_ALIAS in held \
+        else data_digest
+    wanted = {data_alias(data_digest): best_on(versions, data_digest, chosen_by),
+              BEST_ALIAS: best_on(versions, best_data, chosen_by) or held.get(BEST_ALIAS)}
+    return held, wanted
 
 
 def register_best_student(method: str, record: dict, chosen_by: str) -> tuple[str, list[str]]:
@@ -64,29 +87,24 @@ def register_best_student(method: str, record: dict, chosen_by: str) -> tuple[st
 
 def register_best(name: str, model_id: str, run_id: str, tags: dict) -> tuple[str, list[str]]:
     """Register logged model `model_id` (logged by run `run_id`) as a version of `name` with
-    `tags` (`version_tags`: the trained model, its data and how it was chosen) and move the
-    aliases it beats; checks and moves happen under the store lock, so parallel experiments
-    cannot race past each other. Returns (version, aliases moved to it)."""
+    `tags` (`version_tags`: the trained model, its data and how it was chosen) and settle the
+    aliases (see the module's docstring for why no lock is needed). Returns (version, aliases
+    this call moved to it)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    chosen_by = tags["chosen_by"]
-    moved = []
     if not in_store([model_id]):
-        return "none (its model is in another MLflow store)", moved
-    with store_lock():
-        known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        version = known[0].version if known else mlflow.register_model(
-            f"models:/{model_id}", name, tags=tags).version
-        for alias in (data_alias(tags["data_digest"]), BEST_ALIAS):
-            try:
-                holder = client.get_model_version_by_alias(name, alias)
-            except MlflowException:
-                holder = None
-            if holder is not None and holder.version == version:
-                continue
-            if beats(tags, holder, chosen_by):
-                client.set_registered_model_alias(name, alias, version)
+        return "none (its model is in another MLflow store)", []
+    known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    version = known[0].version if known else mlflow.register_model(
+        f"models:/{model_id}", name, tags=tags).version
+    moved: list[str] = []
+    while True:
+        held, wanted = wanted_aliases(client, name, tags["data_digest"], tags["chosen_by"])
+        changes = {alias: v for alias, v in wanted.items() if v and held.get(alias) != v}
+        if not changes:
+            return version, moved
+        for alias, target in changes.items():
+            client.set_registered_model_alias(name, alias, target)
+            if target == str(version) and alias not in moved:
                 moved.append(alias)
-    return version, moved

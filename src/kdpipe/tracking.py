@@ -42,10 +42,15 @@ def tracking_uri() -> str:
 
 
 @contextlib.contextmanager
-def store_lock() -> Iterator[None]:
-    """Serialise, across processes, the steps that race under parallel stages: creating and
-    migrating the store, creating the experiment, moving a registry alias."""
-    with open(repo_root() / "mlflow.lock", "a") as handle:
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise, across processes, the first use of a SQLite store: processes creating or
+    migrating its tables at once fail. The lock file sits beside the database, so processes
+    sharing the store share it. Other stores (a tracking server) need no lock here."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).parent
+    with open(folder / "mlflow.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -99,23 +104,29 @@ def auth_headers() -> dict:
 
 def set_experiment(name: str) -> str:
     """Point MLflow at the store and return the experiment's id, creating it (with artifacts
-    under the repo root, not under whatever folder ran first) if needed."""
+    under the repo root, not under whatever folder ran first) if needed. Processes creating it
+    at once, on any machines, all get the one the store kept (the store refuses a second)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    with store_lock():
-        try:
+    try:
+        with store_lock(uri):
             experiment = client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
-            return client.create_experiment(name, artifact_location=artifact_location(uri))
-        except MlflowException as err:
-            raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
-                                f"({str(err).splitlines()[0]}); fix or unset "
-                                "MLFLOW_TRACKING_URI") from None
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location(uri))
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                return client.get_experiment_by_name(name).experiment_id
+    except MlflowException as err:
+        raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
+                            f"({str(err).splitlines()[0]}); fix or unset "
+                            "MLFLOW_TRACKING_URI") from None
 
 
 def artifact_location(uri: str) -> str | None:
