@@ -171,30 +171,39 @@ def concurrently(env: dict, calls: list) -> list:
         return [future.result(timeout=300) for future in futures]
 
 
-def test_concurrent_compare_runs_share_the_experiment_and_the_better_model_keeps_the_alias(
+def register_as(model: str, *args):
+    """register_best_student into the registered model `model` (of the test's own: the
+    pipeline's `kd-student@best` stays with the pipeline's data)."""
+    from kdpipe import registry
+
+    registry.REGISTERED_MODEL = model
+    return registry.register_best_student(*args)
+
+
+def test_concurrent_compare_runs_share_the_experiment_and_the_better_model_takes_the_aliases(
         server, monkeypatch):
     """The two steps of `compare` that race, run at the same instant by two processes against
-    the server: creating a new experiment, and moving the alias (on data of this test's own)."""
+    the server: creating a new experiment, and moving the aliases."""
     import mlflow
 
-    from kdpipe.registry import REGISTERED_MODEL, data_alias, register_best_student
+    from kdpipe.registry import data_alias
     from kdpipe.tracking import set_experiment
-    from tests.test_registry import trained
+    from tests.test_registry import DATA, trained
 
     env = {k: v for k, v in client_env(server).items() if k.startswith("MLFLOW_")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     ids = concurrently(env, [(set_experiment, ("compare-race",))] * 2)
     assert ids[0] == ids[1]
-    digest = uuid.uuid4().hex * 2
+    model = f"race-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(server)
     try:
         mlflow.set_experiment(experiment_id=ids[0])
-        worse, better = trained(60.0, 70.0, digest), trained(61.0, 50.0, digest)
-        concurrently(env, [(register_best_student, ("kd", worse, "val_acc")),
-                           (register_best_student, ("cosine", better, "val_acc"))])
-        held = mlflow.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL,
-                                                                data_alias(digest))
-        assert held.tags["mlflow_run_id"] == better["mlflow_run_id"]
+        worse, better = trained(60.0, 70.0), trained(61.0, 50.0)
+        concurrently(env, [(register_as, (model, "kd", worse, "val_acc")),
+                           (register_as, (model, "cosine", better, "val_acc"))])
+        for alias in ("best", data_alias(DATA)):
+            held = mlflow.MlflowClient().get_model_version_by_alias(model, alias)
+            assert held.tags["mlflow_run_id"] == better["mlflow_run_id"]
     finally:
         mlflow.set_tracking_uri(None)
