@@ -145,7 +145,7 @@ def test_the_best_student_is_registered_as_chosen_on_validation(built):
     import torch
 
     client = mlflow_client(built)
-    comparison = read_json(built / "metrics" / "comparison.json")
+    models = read_json(built / "metrics" / "models.json")
     best = client.get_model_version_by_alias("kd-student", "best")
     record = read_json(built / "metrics" / "seeds" / f"{best.tags['method']}-42.json")
     assert best.tags["chosen_by"] == "val_acc"
@@ -154,7 +154,7 @@ def test_the_best_student_is_registered_as_chosen_on_validation(built):
     assert best.tags["data_digest"] == record["data_sha256"]
     assert best.run_id == record["mlflow_run_id"]
     students = ("student", "kd", "cosine", "hint")
-    assert record["val_acc"] == max(comparison[name]["val_acc"] for name in students)
+    assert record["val_acc"] == max(models[name]["val_acc"] for name in students)
     data_best = client.get_model_version_by_alias("kd-student",
                                                   f"best-{record['data_sha256'][:12]}")
     assert data_best.version == best.version
