@@ -109,6 +109,7 @@ def test_what_jobs_need_is_checked_before_submitting(built, tmp_path, change, me
     assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
+@pytest.mark.slow  # ~3 min; tests/test_slurm.py runs the same jobs on a real Slurm
 def test_jobs_share_results_and_the_head_restores_everything(built, tmp_path):
     """Fresh results (a second seed) computed by the jobs, restored on the head machine."""
     repo, env = with_remote(built, tmp_path)

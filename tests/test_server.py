@@ -82,6 +82,7 @@ def use_experiment(repo: Path, name: str) -> None:
                                                      f"experiment: {name}"))
 
 
+@pytest.mark.slow  # ~2.5 min; tests/test_slurm.py runs the pipeline against this server too
 def test_the_pipeline_records_into_the_team_server(built, tmp_path, server, postgres):
     import mlflow
     import psycopg
