@@ -87,23 +87,19 @@ def test_a_warmup_as_long_as_training_is_rejected(tmp_path):
         load_with(tmp_path, set_key("student.warmup_epochs", 10))
 
 
-def test_dkd_with_every_weight_zero_is_rejected(tmp_path):
+@pytest.mark.parametrize("method, weights", [("dkd", ("alpha", "beta", "ce_weight")),
+                                             ("dist", ("beta", "gamma", "ce_weight"))])
+def test_a_method_with_every_weight_zero_is_rejected(tmp_path, method, weights):
     def zero(params):
-        params["distill"]["dkd"].update(alpha=0, beta=0, ce_weight=0)
-    with pytest.raises(ConfigError, match=r"distill\.dkd: the weights are all 0 "
-                                          r"\(alpha, beta, ce_weight\)"):
+        params["distill"][method].update(dict.fromkeys(weights, 0))
+    with pytest.raises(ConfigError, match=rf"distill\.{method}: the weights are all 0 "
+                                          rf"\({', '.join(weights)}\)"):
         load_with(tmp_path, zero)
 
 
-def test_dist_loads_with_the_papers_cifar_values_and_rejects_all_weights_zero(tmp_path):
+def test_dist_loads_with_the_papers_cifar_values():
     dist = load_config(ROOT / "params.yaml").distill.dist
     assert (dist.beta, dist.gamma, dist.temperature, dist.ce_weight) == (2.0, 2.0, 4.0, 1.0)
-
-    def zero(params):
-        params["distill"]["dist"].update(beta=0, gamma=0, ce_weight=0)
-    with pytest.raises(ConfigError, match=r"distill\.dist: the weights are all 0 "
-                                          r"\(beta, gamma, ce_weight\)"):
-        load_with(tmp_path, zero)
 
 
 def test_lskd_at_its_authors_settings_loads(tmp_path):
