@@ -43,6 +43,11 @@ def random_images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
 
 
+def weights(model: torch.nn.Module) -> torch.Tensor:
+    """All of `model`'s parameters as one flat tensor, to compare two trainings bit for bit."""
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """The project after one quick `dvc repro` (tests.project.QUICK). Shared and read-only:

@@ -12,6 +12,7 @@ from kdpipe.runs import seeded_student
 from kdpipe.runtime import Runtime, resolve_precision
 from kdpipe.targets import CachedTargets, compute_targets, save_targets
 from kdpipe.train import fit
+from tests.conftest import weights
 
 CPU = torch.device("cpu")
 RUNTIMES = {"fp32": Runtime(CPU, None, False), "bf16": Runtime(CPU, torch.bfloat16, False)}
@@ -57,10 +58,6 @@ def test_bf16_autocasts_the_forward_pass_and_every_loss_runs_in_fp32(tiny_data):
     assert objective.seen == {torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what the forward pass itself gives
         assert model(tiny_data.normalize(tiny_data.train_x[:2])).dtype == torch.bfloat16
-
-
-def weights(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_a_bf16_rerun_on_this_machine_gives_the_same_weights(tiny_data):

@@ -11,6 +11,7 @@ from kdpipe.models import DeepNN, LightNN, Tapped
 from kdpipe.runs import seeded_student
 from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.train import fit
+from tests.conftest import weights
 
 TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
 META = {"data_sha256": "d", "teacher_run_id": "t", "teacher_layer": "features"}  # its inputs
@@ -18,10 +19,6 @@ META = {"data_sha256": "d", "teacher_run_id": "t", "teacher_layer": "features"} 
 
 def tapped(model: torch.nn.Module) -> Tapped:
     return Tapped(model, "features")
-
-
-def weights(model):
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_training_lowers_the_loss_and_beats_chance(tiny_data, cpu):

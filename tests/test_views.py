@@ -12,6 +12,7 @@ from kdpipe.runs import seeded_student
 from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.train import fit
 from kdpipe.views import Views
+from tests.conftest import weights
 
 CPU = torch.device("cpu")
 TWO_EPOCHS = TrainConfig(2, 1e-3, 50)
@@ -86,10 +87,6 @@ def test_training_sees_the_cached_view_and_the_teacher_output_on_it(tiny_data, c
     # the very crop teacher_targets made, and the teacher's output on it, cached = live
     assert torch.equal(x, views.apply(tiny_data.normalize(tiny_data.train_x[images]), keys))
     assert torch.allclose(cache(keys, x).logits, live(keys, x).logits, atol=1e-5)
-
-
-def weights(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
 def test_zero_weight_kd_on_views_trains_the_views_baseline_bit_for_bit(tiny_data, cpu,
