@@ -1,6 +1,7 @@
 """The registry's rules: `best` moves on the validation score of the very model registered,
 never on test, never across data; a model restored from DVC's cache keeps its version."""
 import pytest
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, PERMISSION_DENIED
 
 from kdpipe.registry import (
     ONNX_REGISTERED_MODEL,
@@ -118,3 +119,40 @@ def test_a_concurrent_better_model_is_not_overwritten_by_a_worse_one(client, mon
     register_best_student("hint", trained(61.0, 70.0), "val_acc")
     for alias in ("best", data_alias(DATA)):
         assert holder(client, alias).tags["mlflow_run_id"] == better["mlflow_run_id"]
+
+
+def test_a_set_refused_because_another_writer_created_the_alias_first_reads_again(
+        client, monkeypatch):
+    """Against PostgreSQL two first-time sets of one alias race: the second insert is refused
+    (a unique violation, HTTP 400). The refused writer reads again and the better model wins."""
+    import mlflow
+
+    better, set_alias = trained(62.0, 50.0), mlflow.MlflowClient.set_registered_model_alias
+
+    def another_writer_inserts_first(self, *args):
+        monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", set_alias)
+        register_best_student("cosine", better, "val_acc")
+        raise mlflow.MlflowException("duplicate key value violates unique constraint "
+                                     '"registered_model_alias_pk"', error_code=BAD_REQUEST)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias",
+                        another_writer_inserts_first)
+    _, moved = register_best_student("hint", trained(61.0, 70.0), "val_acc")
+    assert moved == []
+    for alias in ("best", data_alias(DATA)):
+        assert holder(client, alias).tags["mlflow_run_id"] == better["mlflow_run_id"]
+
+
+def test_a_set_refused_for_another_reason_fails_at_once(client, monkeypatch):
+    import mlflow
+
+    calls = []
+
+    def denied(self, *args):
+        calls.append(args)
+        raise mlflow.MlflowException("no permission", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", denied)
+    with pytest.raises(mlflow.MlflowException, match="no permission"):
+        register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    assert len(calls) == 1

@@ -17,6 +17,8 @@ model its training stage logged) and `kd-student-onnx` (stage `export`'s ONNX mo
 Concurrent compare runs, on one machine or on many against one tracking server, need no lock:
 each alias is computed from all registered versions, and set again until a read after the
 last set finds nothing to change, so the last writer always decides with every version there.
+Two writers creating the same alias at once: the store refuses the second insert (PostgreSQL:
+a unique violation, answered 400); that writer reads again and decides with what won.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import os
 from kdpipe.tracking import in_store
 
 REGISTERED_MODEL = "kd-student"
+SET_ALIAS_ATTEMPTS = 5  # refused sets of an alias (another writer's insert won) before giving up
 ONNX_REGISTERED_MODEL = "kd-student-onnx"
 BEST_ALIAS = "best"
+NOT_A_RACE = {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_DOES_NOT_EXIST"}
 
 
 def data_alias(data_digest: str) -> str:
@@ -99,12 +103,18 @@ def register_best(name: str, model_id: str, run_id: str, tags: dict) -> tuple[st
     version = known[0].version if known else mlflow.register_model(
         f"models:/{model_id}", name, tags=tags).version
     moved: list[str] = []
+    refused = 0
     while True:
         held, wanted = wanted_aliases(client, name, tags["data_digest"], tags["chosen_by"])
         changes = {alias: v for alias, v in wanted.items() if v and held.get(alias) != v}
         if not changes:
             return version, moved
-        for alias, target in changes.items():
-            client.set_registered_model_alias(name, alias, target)
-            if target == str(version) and alias not in moved:
-                moved.append(alias)
+        try:
+            for alias, target in changes.items():
+                client.set_registered_model_alias(name, alias, target)
+                if target == str(version) and alias not in moved:
+                    moved.append(alias)
+        except mlflow.MlflowException as err:
+            refused += 1
+            if refused == SET_ALIAS_ATTEMPTS or err.error_code in NOT_A_RACE:
+                raise
