@@ -166,8 +166,8 @@ def run_queue(repo: Path, env: dict, temperatures: dict, jobs: int) -> list[str]
             "Queued" in status:
         assert time.monotonic() < deadline, status
         time.sleep(2)
-    rows = {line.split()[1]: line.split()[-1] for line in status.splitlines()[1:]
-            if len(line.split()) > 2 and line.split()[1] in temperatures}
+    rows = {fields[1]: fields[-1] for fields in map(str.split, status.splitlines()[1:])
+            if len(fields) > 2 and fields[1] in temperatures}  # task, name, created, status
     assert set(rows) == set(temperatures), status
     failed = [exp for exp, state in rows.items() if state != "Success"]
     logs = queue_logs(repo, failed, env)

@@ -27,10 +27,10 @@ import os
 from kdpipe.tracking import in_store
 
 REGISTERED_MODEL = "kd-student"
-SET_ALIAS_ATTEMPTS = 5  # refused sets of an alias (another writer's insert won) before giving up
 ONNX_REGISTERED_MODEL = "kd-student-onnx"
 BEST_ALIAS = "best"
-NOT_A_RACE = {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_DOES_NOT_EXIST"}
+SET_ALIAS_ATTEMPTS = 5  # refused sets of an alias (another writer's insert won) before giving up
+NOT_A_RACE = {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_DOES_NOT_EXIST"}  # fail at once
 
 
 def data_alias(data_digest: str) -> str:
