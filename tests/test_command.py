@@ -34,6 +34,17 @@ def test_the_strong_recipe_is_valid_params_and_runs_as_one_experiment(monkeypatc
     assert "-S teacher.schedule=cosine" in done.stdout and "-S student.epochs=40" in done.stdout
 
 
+def test_a_recipe_carries_a_named_experiment_with_more_overrides(monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    done = subprocess.run([str(KDPIPE), "recipe", "strong", "--name", "strong-kd", "--dry-run",
+                           "--", "-S", "distill.methods=[kd]"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("dvc exp run -n strong-kd -S data.views=8 ")
+    assert done.stdout.rstrip().endswith("-S 'distill.methods=[kd]'")
+
+
 def test_a_recipe_with_a_misspelt_key_fails_before_dvc_starts(tmp_path, monkeypatch):
     from kdpipe.errors import ConfigError
     from kdpipe.recipes import overrides

@@ -1,9 +1,10 @@
 """Named recipes: sets of params overrides (recipes/<name>.yaml) run as one DVC experiment.
 
-    kdpipe recipe strong [--queue] [--dry-run] [-- more `dvc exp run` arguments]
+    kdpipe recipe strong [--name NAME] [--queue] [--dry-run] [-- more `dvc exp run` arguments]
 
 runs `dvc exp run -n strong -S key=value ...` with the recipe's overrides, checked first
-against params.yaml's schema (a misspelt key fails before DVC starts).
+against params.yaml's schema (a misspelt key fails before DVC starts). `--name` names the
+experiment otherwise, so one recipe can carry several experiments (a sweep of methods on it).
 """
 from __future__ import annotations
 
@@ -44,16 +45,18 @@ def overrides(name: str, params: Path = Path("params.yaml")) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("name", help="a recipe under recipes/, e.g. strong")
+    parser.add_argument("recipe", help="a recipe under recipes/, e.g. strong")
+    parser.add_argument("-n", "--name", help="the experiment's name (default: the recipe's)")
     parser.add_argument("--queue", action="store_true", help="queue it (dvc queue start)")
     parser.add_argument("--dry-run", action="store_true", help="print the command only")
     parser.add_argument("more", nargs="*", help="after --: more `dvc exp run` arguments")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come after the recipe's name
     try:
-        sets = overrides(args.name)
+        sets = overrides(args.recipe)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    cmd = ["dvc", "exp", "run", "-n", args.name, *(["--queue"] if args.queue else []),
+    cmd = ["dvc", "exp", "run", "-n", args.name or args.recipe,
+           *(["--queue"] if args.queue else []),
            *[arg for s in sets for arg in ("-S", s)], *args.more]
     print(shlex.join(cmd), flush=True)
     if not args.dry_run:
