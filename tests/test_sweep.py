@@ -134,3 +134,24 @@ def test_a_p_value_of_zero_is_logged_as_zero_and_none_is_not_logged():
     assert zero == {"summary/chosen_test_gain_vs_best": 1.0, "summary/chosen_test_p_vs_best": 0.0}
     one_seed = chosen_test_metrics("vs_same", {"mean": 0.5, "p_value": None})
     assert one_seed == {"summary/chosen_test_gain_vs_same": 0.5}
+
+
+def test_a_workspace_changed_since_its_outputs_were_made_is_left_out(monkeypatch, capsys):
+    """A stopped run or an edited params.yaml leaves the workspace's params ahead of its
+    metrics: counting it would credit those metrics to params that did not produce them."""
+    data = {"params": {"params.yaml": {"data": {"seed": 42}}}}
+    shown = [{"rev": "workspace", "name": None, "data": data},
+             {"rev": "a" * 40, "name": "main", "data": data}]
+
+    def run(status):
+        def fake(cmd, *a, **k):
+            out = status if cmd[:2] == ["dvc", "status"] else json.dumps(shown)
+            return subprocess.CompletedProcess(cmd, 0, out, "")
+        return fake
+
+    monkeypatch.setattr(sweep, "models_at", lambda rev: {"student": {}})
+    monkeypatch.setattr(subprocess, "run", run('{"distill@dist-42": ["changed deps"]}'))
+    assert [name for name, _, _ in experiments(False)] == ["main"]
+    assert "left out the workspace" in capsys.readouterr().err
+    monkeypatch.setattr(subprocess, "run", run("{}"))
+    assert [name for name, _, _ in experiments(False)] == ["workspace"[:7], "main"]

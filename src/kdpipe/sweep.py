@@ -76,6 +76,14 @@ def models_at(rev: str) -> dict | None:
     return json.loads(text)
 
 
+def workspace_is_stale() -> bool:
+    """Whether params or files changed since the workspace's outputs were made (an edited
+    params.yaml, a run stopped midway): its metrics would be credited to params that did not
+    produce them."""
+    done = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    return done.returncode != 0 or json.loads(done.stdout or "{}") != {}
+
+
 def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
     """(name, flattened params, metrics/models.json) of every experiment DVC knows."""
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
@@ -89,6 +97,10 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
             name = entry.get("name") or entry["rev"][:7]
             print(f"left out experiment {name}: {entry['error'].get('msg') or 'failed'}",
                   file=sys.stderr)
+            return
+        if entry["rev"] == "workspace" and workspace_is_stale():
+            print("left out the workspace: it changed since its outputs were made (`dvc status`);"
+                  " `dvc repro` or `dvc exp apply <name>` makes it count", file=sys.stderr)
             return
         data = entry.get("data") or {}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
