@@ -156,3 +156,20 @@ def test_a_set_refused_for_another_reason_fails_at_once(client, monkeypatch):
     with pytest.raises(mlflow.MlflowException, match="no permission"):
         register_best_student("kd", trained(60.0, 58.0), "val_acc")
     assert len(calls) == 1
+
+
+def test_a_stage_run_logs_models_without_mlflows_racy_env_var_record(tmp_path, monkeypatch):
+    """MLflow iterates the env var names it recorded during log_model while the system-metrics
+    thread may add one ("Set changed size during iteration" failed export in CI): stage runs
+    turn the record off, and a user's own choice stands."""
+    from mlflow.environment_variables import MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING as RECORD
+
+    from kdpipe.tracking import stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", raising=False)
+    with stage_run("env-record", "student-42", {}):
+        assert RECORD.get() is False
+    monkeypatch.setenv("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "true")
+    with stage_run("env-record", "student-43", {}):
+        assert RECORD.get() is True

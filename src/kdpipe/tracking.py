@@ -149,6 +149,7 @@ def git_commit() -> str:
         return "unknown"
 
 
+RECORD_ENV_VARS_VAR = "MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING"
 DVC_TAGS = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.baseline_rev": "DVC_EXP_BASELINE_REV"}
 
 
@@ -173,6 +174,11 @@ def stage_run(experiment: str, name: str, params: dict, run_id: str | None = Non
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     if SAMPLING_INTERVAL_VAR not in os.environ:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    # MLflow's log_model records which environment variables were read while it ran in a set
+    # that it then iterates unguarded: the system-metrics thread reading a new one meanwhile
+    # fails the stage ("Set changed size during iteration"). The record only serves
+    # Databricks' serving tips, so it is off unless the user turns it on.
+    os.environ.setdefault(RECORD_ENV_VARS_VAR, "false")
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                            run_name=None if run_id else name,
                            tags={**run_tags(name), **(tags or {})},
