@@ -12,6 +12,7 @@ from kdpipe.sweep import (
     chosen_test_metrics,
     differing_keys,
     experiments,
+    figure_label,
     markdown,
     trained_models,
     verdict,
@@ -84,6 +85,18 @@ def test_the_report_names_the_choice_and_calls_noise_noise():
     text = markdown(analyse(models), differing_keys(models), left_out=1)
     assert "**Chosen on validation: kd, distill.kd.temperature=4, student.epochs=10.**" in text
     assert "| noise |" in text and "Holm" in text and "1 experiment(s) on other data" in text
+
+
+def test_figure_labels_keep_every_differing_key_and_drop_the_methods_own_prefix():
+    # Two dist settings that differ only in the last key: cutting labels made them the same.
+    keys = ["distill.dist.beta", "distill.dist.gamma", "distill.dist.temperature",
+            "student.lr"]
+    common = {"distill.dist.beta": 2, "distill.dist.gamma": 2, "distill.dist.temperature": 4}
+    labels = [figure_label(sweep.Setting("dist", {**common, "student.lr": lr}, {}, {}, {}, "x"),
+                           keys) for lr in (0.001, 0.003)]
+    assert labels[0].replace("\n", " ") == (
+        "dist: beta=2, gamma=2, temperature=4, student.lr=0.001")
+    assert labels[0] != labels[1] and all(len(line) <= 44 for line in labels[1].splitlines())
 
 
 def test_the_sweep_command_reads_real_dvc_experiments(built, tmp_path):

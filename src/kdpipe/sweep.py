@@ -24,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,6 +194,14 @@ def describe(m: Setting, keys: list[str]) -> str:
     return ", ".join(shown) or "the committed params"
 
 
+def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
+    """A y-axis label: the method, then its setting without the `distill.<method>.` prefix the
+    method already names, wrapped (not cut: two settings may differ only in their last key)."""
+    prefix = f"distill.{m.model}."
+    shown = [f"{k.removeprefix(prefix)}={m.setting[k]}" for k in keys if k in m.setting]
+    return textwrap.fill(f"{m.model}: {', '.join(shown) or 'the committed params'}", width)
+
+
 def _gain(g: dict | None, p_key: str = "p_holm") -> str:
     if not g:
         return "– | – | –"
@@ -253,7 +262,7 @@ def figure(result: dict, keys: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.5))  # inches; labels wrap to 2 lines
     for y, r in enumerate(rows):
         g = r["val_vs_best"]
         color = {"gain": "tab:green", "loss": "tab:red"}.get(verdict(g), "grey")
@@ -265,9 +274,7 @@ def figure(result: dict, keys: list[str], path: Path) -> None:
                     label="chosen setting, on test")
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="grey", linewidth=1)
-    ax.set_yticks(range(len(rows)),
-                  [f"{r['trained'].model}: {describe(r['trained'], keys)}"[:70] for r in rows],
-                  fontsize=7)
+    ax.set_yticks(range(len(rows)), [figure_label(r["trained"], keys) for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("validation gain over the best baseline (pp), mean ± 95% CI")
     ax.set_title("Sweep: green = gain after Holm, grey = noise")
