@@ -197,9 +197,8 @@ def describe(m: Setting, keys: list[str]) -> str:
 def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
     """A y-axis label: the method, then its setting without the `distill.<method>.` prefix the
     method already names, wrapped (not cut: two settings may differ only in their last key)."""
-    prefix = f"distill.{m.model}."
-    shown = [f"{k.removeprefix(prefix)}={m.setting[k]}" for k in keys if k in m.setting]
-    return textwrap.fill(f"{m.model}: {', '.join(shown) or 'the committed params'}", width)
+    setting = describe(m, keys).replace(f"distill.{m.model}.", "")
+    return textwrap.fill(f"{m.model}: {setting}", width)
 
 
 def _gain(g: dict | None, p_key: str = "p_holm") -> str:
