@@ -97,6 +97,8 @@ def test_figure_labels_keep_every_differing_key_and_drop_the_methods_own_prefix(
     assert labels[0].replace("\n", " ") == (
         "dist: beta=2, gamma=2, temperature=4, student.lr=0.001")
     assert labels[0] != labels[1] and all(len(line) <= 44 for line in labels[1].splitlines())
+    assert figure_label(sweep.Setting("kd", {"student.lr": 0.001}, {}, {}, {}, "x"), []) == (
+        "kd: params shared by all")
 
 
 def test_the_sweep_command_reads_real_dvc_experiments(built, tmp_path):

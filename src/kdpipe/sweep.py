@@ -190,8 +190,10 @@ def differing_keys(models: list[Setting]) -> list[str]:
 
 
 def describe(m: Setting, keys: list[str]) -> str:
+    """The setting by the params the sweep varied; none: it shares every param it read with
+    the other settings (not necessarily the committed ones: a lone `dvc exp run -S` is one)."""
     shown = [f"{k}={m.setting[k]}" for k in keys if k in m.setting]
-    return ", ".join(shown) or "the committed params"
+    return ", ".join(shown) or "params shared by all"
 
 
 def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
