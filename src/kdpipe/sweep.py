@@ -94,8 +94,8 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
     found = []
 
     def visit(entry: dict) -> None:
+        name = entry.get("name") or entry["rev"][:7]
         if entry.get("error"):  # a failed run keeps the metrics of the files it started from
-            name = entry.get("name") or entry["rev"][:7]
             print(f"left out experiment {name}: {entry['error'].get('msg') or 'failed'}",
                   file=sys.stderr)
             return
@@ -107,7 +107,7 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
         models = models_at(entry["rev"]) if params else None
         if params and models:
-            found.append((entry.get("name") or entry["rev"][:7], flat(params), models))
+            found.append((name, flat(params), models))
         for group in entry.get("experiments") or []:
             for rev in group.get("revs", []):
                 visit(rev)
