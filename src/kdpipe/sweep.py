@@ -94,23 +94,24 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
     found = []
 
     def visit(entry: dict) -> None:
-        name = entry.get("name") or entry["rev"][:7]
+        rev = entry["rev"]  # a commit's sha, or "workspace"
+        name = entry.get("name") or (rev if rev == "workspace" else rev[:7])
         if entry.get("error"):  # a failed run keeps the metrics of the files it started from
             print(f"left out experiment {name}: {entry['error'].get('msg') or 'failed'}",
                   file=sys.stderr)
             return
-        if entry["rev"] == "workspace" and workspace_is_stale():
+        if rev == "workspace" and workspace_is_stale():
             print("left out the workspace: it changed since its outputs were made (`dvc status`);"
                   " `dvc repro` or `dvc exp apply <name>` makes it count", file=sys.stderr)
             return
         data = entry.get("data") or {}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-        models = models_at(entry["rev"]) if params else None
+        models = models_at(rev) if params else None
         if params and models:
             found.append((name, flat(params), models))
         for group in entry.get("experiments") or []:
-            for rev in group.get("revs", []):
-                visit(rev)
+            for child in group.get("revs", []):
+                visit(child)
 
     for entry in json.loads(done.stdout):
         visit(entry)
