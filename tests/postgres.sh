@@ -7,7 +7,9 @@
 #   bash tests/postgres.sh stop "$KDPIPE_TEST_POSTGRES_DIR"
 set -euo pipefail
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# from / : the caller's folder may be private to it (a checkout under mktemp -d is 0700), and
+# every path given is absolute
+as_postgres() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 
 if [ "${1:-}" = stop ]; then
   as_postgres "$bin/pg_ctl" -D "$2/data" -m fast stop >/dev/null
