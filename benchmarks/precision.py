@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kdpipe.models import DeepNN, LightNN  # noqa: E402
-from kdpipe.runtime import cpu_flags, native_bf16  # noqa: E402
+from kdpipe.core.runtime import cpu_flags, native_bf16  # noqa: E402
+from kdpipe.learn.models import DeepNN, LightNN  # noqa: E402
 
 MODELS = {"teacher (DeepNN)": DeepNN, "student (LightNN)": LightNN}
 TRAIN_BATCH, INFER_BATCH, EPOCH_IMAGES = 128, 256, 45_000

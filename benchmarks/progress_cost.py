@@ -20,13 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kdpipe.config import TrainConfig  # noqa: E402
-from kdpipe.data import batch_order  # noqa: E402
-from kdpipe.losses import Objective  # noqa: E402
-from kdpipe.progress import EpochProgress  # noqa: E402
-from kdpipe.runs import seeded_student  # noqa: E402
-from kdpipe.runtime import Runtime  # noqa: E402
-from kdpipe.train import TrainData, fit  # noqa: E402
+from kdpipe.core.config import TrainConfig  # noqa: E402
+from kdpipe.core.progress import EpochProgress  # noqa: E402
+from kdpipe.core.runtime import Runtime  # noqa: E402
+from kdpipe.data.prepared import batch_order  # noqa: E402
+from kdpipe.learn.loop import TrainData, fit  # noqa: E402
+from kdpipe.learn.losses import Objective  # noqa: E402
+from kdpipe.learn.training import seeded_student  # noqa: E402
 
 
 def student_epoch_seconds(images: int) -> tuple[float, int]:

@@ -31,12 +31,12 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from tutorial import run_tutorial  # noqa: E402
 
-from kdpipe.config import load_config  # noqa: E402
-from kdpipe.data import Prepared  # noqa: E402
-from kdpipe.files import read_json  # noqa: E402
-from kdpipe.losses import Objective, build_objective  # noqa: E402
-from kdpipe.runs import load_data, seeded_student  # noqa: E402
-from kdpipe.targets import CachedTargets  # noqa: E402
+from kdpipe.core.config import load_config  # noqa: E402
+from kdpipe.core.files import read_json  # noqa: E402
+from kdpipe.data.prepared import Prepared  # noqa: E402
+from kdpipe.learn.losses import Objective, build_objective  # noqa: E402
+from kdpipe.learn.teacher_targets import CachedTargets  # noqa: E402
+from kdpipe.learn.training import load_data, seeded_student  # noqa: E402
 
 MODELS = ("teacher", "student", "kd", "cosine", "hint")
 FULL_TRAIN, FULL_TEST, FULL_EPOCHS = 50_000, 10_000, 10
@@ -64,7 +64,7 @@ def run_pipeline(repo: Path, args) -> float:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # A variable of its own gives this run its own warm process (kdpipe.launch keys them by
+    # A variable of its own gives this run its own warm process (kdpipe.ops.launch keys them by
     # environment): the pipeline pays the warm-up as a new user would, never reusing one.
     env["KD_BENCHMARK_RUN"] = repo.name
     start = time.perf_counter()

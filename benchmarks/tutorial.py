@@ -17,7 +17,7 @@ import torchvision.transforms as transforms
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from kdpipe.models import DeepNN, LightNN
+from kdpipe.learn.models import DeepNN, LightNN
 
 
 class InMemoryCIFAR(Dataset):

@@ -4,14 +4,14 @@ all also logged to an MLflow run; registers the chosen student and names it in
 models/chosen.json (what stage `export` ships). Reads only the per-seed records of the current
 seeds and methods (metrics/seeds/<model>-<seed>.json): they hold the curves and MLflow ids
 too."""
-from kdpipe import registry, tracking
-from kdpipe.chosen import CHOSEN_FILE, chosen
-from kdpipe.cli import run_stage
-from kdpipe.config import load_config
-from kdpipe.figures import draw_all
-from kdpipe.files import write_json, write_text
-from kdpipe.paths import FIGURES, METRICS_DIR, REPORT
-from kdpipe.report import collect, markdown, read_runs, summary_metrics
+from kdpipe.analysis.chosen import CHOSEN_FILE, chosen
+from kdpipe.analysis.figures import draw_all
+from kdpipe.analysis.report import collect, markdown, read_runs, summary_metrics
+from kdpipe.core.config import load_config
+from kdpipe.core.files import write_json, write_text
+from kdpipe.core.paths import FIGURES, METRICS_DIR, REPORT
+from kdpipe.ops.stage import run_stage
+from kdpipe.tracking import registry, store
 
 
 def main() -> None:
@@ -25,20 +25,20 @@ def main() -> None:
     write_json(CHOSEN_FILE, chosen(comparison))
     draw_all(comparison, runs)
     best, chosen_by = comparison["best_student"], comparison["choose_by"]
-    with tracking.stage_run(cfg.mlflow.experiment, "compare",
-                            {"seeds": ",".join(map(str, cfg.seeds))}) as run:
-        tracking.log_comparison(comparison, [REPORT, *FIGURES.values()],
-                                [r["mlflow_model_id"] for rs in runs.values() for r in rs])
+    with store.stage_run(cfg.mlflow.experiment, "compare",
+                         {"seeds": ",".join(map(str, cfg.seeds))}) as run:
+        store.log_comparison(comparison, [REPORT, *FIGURES.values()],
+                             [r["mlflow_model_id"] for rs in runs.values() for r in rs])
         version, moved = registry.register_best_student(best, comparison["best_run"], chosen_by)
     print(markdown(comparison))
     aliases = ", ".join(f"'{a}'" for a in moved) or "none (the current holders score higher " \
         "or were trained on other data)"
     print(f"registered {best} (seed {comparison['best_seed']}, chosen by {chosen_by}) as "
           f"{registry.REGISTERED_MODEL} version {version}; aliases moved to it: {aliases}")
-    print(f"MLflow runs: {tracking.runs_page(run.info.experiment_id)}")
-    if not tracking.tracking_uri().startswith(("http://", "https://")):
+    print(f"MLflow runs: {store.runs_page(run.info.experiment_id)}")
+    if not store.tracking_uri().startswith(("http://", "https://")):
         print(f"  (start the UI first: mlflow ui --backend-store-uri "
-              f"sqlite:///{tracking.repo_root() / 'mlflow.db'})")
+              f"sqlite:///{store.repo_root() / 'mlflow.db'})")
 
 
 if __name__ == "__main__":

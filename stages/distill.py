@@ -8,16 +8,16 @@ import sys
 
 import torch
 
-from kdpipe.checkpoint import load_teacher
-from kdpipe.cli import run_stage
-from kdpipe.config import load_config, section
-from kdpipe.data import Prepared
-from kdpipe.losses import OBJECTIVES, build_objective
-from kdpipe.models import feature_shape
-from kdpipe.paths import PREPARED_DIR, TARGETS_DIR, model_file
-from kdpipe.runs import ModelSpec, seeded_model, train_model
-from kdpipe.runtime import setup
-from kdpipe.targets import teacher_source
+from kdpipe.core.config import load_config, section
+from kdpipe.core.paths import PREPARED_DIR, TARGETS_DIR, model_file
+from kdpipe.core.runtime import setup
+from kdpipe.data.prepared import Prepared
+from kdpipe.learn.checkpoint import load_teacher
+from kdpipe.learn.losses import OBJECTIVES, build_objective
+from kdpipe.learn.models import feature_shape
+from kdpipe.learn.teacher_targets import teacher_source
+from kdpipe.learn.training import ModelSpec, seeded_model, train_model
+from kdpipe.ops.stage import run_stage
 
 
 def main() -> None:

@@ -6,19 +6,19 @@ the stage then writes only the cache's meta.json, in about a second."""
 import math
 import time
 
-from kdpipe import tracking
-from kdpipe.checkpoint import load_teacher
-from kdpipe.cli import run_stage
-from kdpipe.config import load_config, section
-from kdpipe.data import Normalize, Prepared, to_device
-from kdpipe.files import folder_mb, write_json
-from kdpipe.losses import OBJECTIVES
-from kdpipe.models import feature_shape
-from kdpipe.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
-from kdpipe.progress import clock, say
-from kdpipe.runtime import environment, setup, stage_cost
-from kdpipe.targets import check_cache_fits, compute_targets, save_targets
-from kdpipe.views import Views
+from kdpipe.core.config import load_config, section
+from kdpipe.core.files import folder_mb, write_json
+from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
+from kdpipe.core.progress import clock, say
+from kdpipe.core.runtime import environment, setup, stage_cost
+from kdpipe.data.prepared import Normalize, Prepared, to_device
+from kdpipe.data.views import Views
+from kdpipe.learn.checkpoint import load_teacher
+from kdpipe.learn.losses import OBJECTIVES
+from kdpipe.learn.models import feature_shape
+from kdpipe.learn.teacher_targets import check_cache_fits, compute_targets, save_targets
+from kdpipe.ops.stage import run_stage
+from kdpipe.tracking import store
 
 
 def main() -> None:
@@ -38,9 +38,9 @@ def main() -> None:
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
     features = teacher.layer is not None and any(
         "features" in OBJECTIVES[m].needs for m in cfg.distill.methods)
-    with tracking.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
-        tracking.log_dataset(prepared.summary, PREPARED_DIR)
-        tracking.link_teacher(saved)
+    with store.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
+        store.log_dataset(prepared.summary, PREPARED_DIR)
+        store.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
         views = Views.make(cfg.seed, len(images), cfg.data.views, runtime.device) \
             if cfg.data.views else None
@@ -61,7 +61,7 @@ def main() -> None:
                    "feature_values": math.prod(shape) if shape else 0,
                    "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
                    "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
-        tracking.log_final(metrics, environment(runtime))
+        store.log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / "teacher_targets.json", metrics)
     say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
         f"-> {TARGETS_DIR}")

@@ -8,16 +8,16 @@ usage: python stages/train.py teacher          (seed: params `seed`)
 import sys
 from dataclasses import replace
 
-from kdpipe import tracking
-from kdpipe.cli import run_stage
-from kdpipe.config import as_dict, load_config, section
-from kdpipe.data import Prepared
-from kdpipe.losses import Objective
-from kdpipe.paths import PREPARED_DIR
-from kdpipe.pretrained import pretrained_weights
-from kdpipe.progress import say
-from kdpipe.runs import ModelSpec, seeded_model, train_model
-from kdpipe.runtime import setup
+from kdpipe.core.config import as_dict, load_config, section
+from kdpipe.core.paths import PREPARED_DIR
+from kdpipe.core.progress import say
+from kdpipe.core.runtime import setup
+from kdpipe.data.prepared import Prepared
+from kdpipe.learn.losses import Objective
+from kdpipe.learn.pretrained import pretrained_weights
+from kdpipe.learn.training import ModelSpec, seeded_model, train_model
+from kdpipe.ops.stage import run_stage
+from kdpipe.tracking import store
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
                         "data.mean", "data.std")}
     spec = ModelSpec(name, seed, name, train, params)
     if name == "teacher" and cfg.teacher.pretrained:
-        path = tracking.repo_root() / cfg.teacher.pretrained
+        path = store.repo_root() / cfg.teacher.pretrained
         model = seeded_model(train, name, seed, len(prepared.classes), prepared.image_size)
         weights, sha256 = pretrained_weights(path, model.model, cfg.teacher.arch)
         say(f"teacher: pretrained weights from {cfg.teacher.pretrained} (sha256 {sha256[:12]}),"

@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 sys.path.insert(0, str(ROOT / "src"))  # the workspace's code, even without an install
 
-from kdpipe.data import MEAN, STD, Normalize, to_device  # noqa: E402
-from kdpipe.runtime import Runtime  # noqa: E402
-from kdpipe.sources import make_synthetic  # noqa: E402
-from kdpipe.train import TrainData  # noqa: E402
+from kdpipe.core.runtime import Runtime  # noqa: E402
+from kdpipe.data.prepared import MEAN, STD, Normalize, to_device  # noqa: E402
+from kdpipe.data.sources import make_synthetic  # noqa: E402
+from kdpipe.learn.loop import TrainData  # noqa: E402
 
 
 @pytest.fixture(scope="session")

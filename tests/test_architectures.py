@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from kdpipe.errors import ConfigError, DataError
-from kdpipe.models import Tapped, build_model, default_feature_layer, feature_shape
-from kdpipe.pretrained import pretrained_weights
+from kdpipe.core.errors import ConfigError, DataError
+from kdpipe.learn.models import Tapped, build_model, default_feature_layer, feature_shape
+from kdpipe.learn.pretrained import pretrained_weights
 from tests.project import clone, edit_params, ran_stages, read_json, sh, stale_stages
 
 BUILDER = '''from torch import nn
@@ -123,8 +123,8 @@ def test_a_builder_and_its_code_param_must_agree(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
     edit_params(repo, {"student": {"arch": "my_models:small_cnn"}})
     done = sh_fails(["dvc", "repro", "check_params"], repo)
-    assert ("student: code='src/kdpipe/models.py' does not define arch='my_models:small_cnn'; "
-            "expected code: my_models.py") in done
+    assert ("student: code='src/kdpipe/learn/models.py' does not define "
+            "arch='my_models:small_cnn'; expected code: my_models.py") in done
 
 
 def sh_fails(cmd, repo) -> str:

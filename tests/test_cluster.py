@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kdpipe.cluster import combinations, experiment_name
+from kdpipe.ops.cluster import combinations, experiment_name
 from tests.project import clean_env, clone, edit_params, ran_stages, sh
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
@@ -29,7 +29,7 @@ def with_remote(built, tmp_path):
 
 
 def dry_run(repo, env, *args) -> dict[str, str]:
-    out = subprocess.run(["python", "-m", "kdpipe.cluster", *args, "--dry-run",
+    out = subprocess.run(["python", "-m", "kdpipe.ops.cluster", *args, "--dry-run",
                           "--workdir", str(repo.parent / "jobs")], cwd=repo, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -104,7 +104,7 @@ def multiline_option(repo, env):
 def test_what_jobs_need_is_checked_before_submitting(built, tmp_path, change, message):
     repo, env = with_remote(built, tmp_path)
     args = change(repo, env) or []
-    done = subprocess.run(["python", "-m", "kdpipe.cluster", "submit", "--dry-run", *args],
+    done = subprocess.run(["python", "-m", "kdpipe.ops.cluster", "submit", "--dry-run", *args],
                           cwd=repo, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and message in done.stderr, done.stderr
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.command import COMMANDS
+from kdpipe.ops.command import COMMANDS
 
 KDPIPE = Path(sys.executable).parent / "kdpipe"  # installed by `pip install -e .`
 
@@ -46,8 +46,8 @@ def test_a_recipe_carries_a_named_experiment_with_more_overrides(monkeypatch):
 
 
 def test_a_recipe_with_a_misspelt_key_fails_before_dvc_starts(tmp_path, monkeypatch):
-    from kdpipe.errors import ConfigError
-    from kdpipe.recipes import overrides
+    from kdpipe.core.errors import ConfigError
+    from kdpipe.ops.recipes import overrides
     from tests.conftest import ROOT
 
     (tmp_path / "recipes").mkdir()

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import yaml
 
-from kdpipe.config import ConfigError, load_config
+from kdpipe.core.config import ConfigError, load_config
 from tests.conftest import ROOT
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -113,9 +113,9 @@ def test_lskd_at_its_authors_settings_loads(tmp_path):
 
 
 def test_every_method_has_a_params_section_an_objective_and_a_description():
-    from kdpipe.config import METHODS, DistillConfig
-    from kdpipe.losses import OBJECTIVES
-    from kdpipe.report import DESCRIPTIONS
+    from kdpipe.analysis.report import DESCRIPTIONS
+    from kdpipe.core.config import METHODS, DistillConfig
+    from kdpipe.learn.losses import OBJECTIVES
 
     sections = {f.name for f in dataclasses.fields(DistillConfig)} - {"methods"}
     assert sections == set(OBJECTIVES) == set(METHODS) == set(DESCRIPTIONS) - {"teacher",

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kdpipe.config import DataConfig
-from kdpipe.data import (
+from kdpipe.core.config import DataConfig
+from kdpipe.core.errors import DataError
+from kdpipe.data.prepared import (
     MEAN,
     STD,
     Normalize,
@@ -17,8 +18,7 @@ from kdpipe.data import (
     prepare,
     to_device,
 )
-from kdpipe.errors import DataError
-from kdpipe.sources import balanced_subset, read_image_folder
+from kdpipe.data.sources import balanced_subset, read_image_folder
 from tests.conftest import random_images
 
 
@@ -177,7 +177,7 @@ def test_validation_split_is_held_out_of_train_seeded_and_balanced(tmp_path):
 @pytest.mark.parametrize("fraction, problem", [(0.01, "leaving no validation image"),
                                                (0.99, "leaving no training image")])
 def test_a_validation_fraction_that_empties_a_split_names_the_key(tmp_path, fraction, problem):
-    from kdpipe.errors import ConfigError
+    from kdpipe.core.errors import ConfigError
 
     make_archive(tmp_path / "set.tar.gz", image_folder(per_class=10))
     cfg = DataConfig(source="set.tar.gz", limit_train=0, limit_test=0, val_fraction=fraction)

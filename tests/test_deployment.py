@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from kdpipe import export
-from kdpipe.data import Prepared
+from kdpipe.data.prepared import Prepared
+from kdpipe.export import exporter
 from tests.project import clean_env, read_json, wait_for_server
 from tests.test_pipeline import mlflow_client
 from tests.test_safety import closed_port
@@ -26,14 +26,14 @@ def split_images(repo, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The prepared test split as the models take it (normalised float32), and its labels."""
     params = yaml.safe_load((repo / "params.yaml").read_text())["data"]
     split = Prepared(repo / "data" / "prepared").splits["test"]
-    return export.normalized(split.images[:n], params["mean"], params["std"]), split.labels[:n]
+    return exporter.normalized(split.images[:n], params["mean"], params["std"]), split.labels[:n]
 
 
 def pipeline_logits(repo, images: np.ndarray) -> np.ndarray:
     """What the pipeline's chosen student (its .pt, read with the project's code) outputs."""
     chosen = read_json(repo / "models" / "chosen.json")
-    model = export.load_student({**chosen, "file": str(repo / chosen["file"])})
-    return export.torch_logits(model, images)
+    model = exporter.load_student({**chosen, "file": str(repo / chosen["file"])})
+    return exporter.torch_logits(model, images)
 
 
 def test_export_ships_the_student_chosen_on_validation(built):
@@ -46,18 +46,18 @@ def test_export_ships_the_student_chosen_on_validation(built):
     assert record["val_acc"] == max(models[m]["val_acc"] for m in ("student", "kd", "cosine",
                                                                     "hint"))
     images, labels = split_images(built)
-    sess = export.session(built / "models" / "student.onnx", threads=1)
-    parity = export.agreement(pipeline_logits(built, images), export.ort_logits(sess, images))
+    sess = exporter.session(built / "models" / "student.onnx", threads=1)
+    parity = exporter.agreement(pipeline_logits(built, images), exporter.ort_logits(sess, images))
     assert parity["top1_agreement"] >= 99.9 and parity["max_abs_logit_diff"] < 1e-3
     results = read_json(built / "metrics" / "export.json")
     assert results["model"] == f"{method}-42" and results["test_images"] == len(labels) == 200
-    assert results["top1_agreement"] >= 99.9 and results["opset"] == export.OPSET
+    assert results["top1_agreement"] >= 99.9 and results["opset"] == exporter.OPSET
     runtimes = results["runtimes"]
     assert sorted(runtimes) == ["onnxruntime", "onnxruntime_int8", "pytorch"]
     if record["precision"] == "fp32":  # the training stage measured the same model
         assert runtimes["pytorch"]["test_acc"] == record["test_acc"]
-    assert runtimes["onnxruntime"]["test_acc"] == export.accuracy(
-        export.ort_logits(sess, images), labels)
+    assert runtimes["onnxruntime"]["test_acc"] == exporter.accuracy(
+        exporter.ort_logits(sess, images), labels)
     int8 = runtimes["onnxruntime_int8"]
     assert int8["accuracy_loss"] == round(runtimes["pytorch"]["test_acc"] - int8["test_acc"], 3)
     assert int8["size_mb"] < runtimes["onnxruntime"]["size_mb"] / 2
@@ -96,7 +96,7 @@ def test_the_onnx_model_is_logged_with_its_lineage_and_registered(built):
     assert (spec.type, spec.shape) == (np.dtype("float32"), (-1, 3, 32, 32))
     assert model.input_example.shape == (2, 3, 32, 32)
     images, _ = split_images(built, 16)
-    logits = model.predict(images)[export.OUTPUT]
+    logits = model.predict(images)[exporter.OUTPUT]
     assert (logits.argmax(1) == pipeline_logits(built, images).argmax(1)).all()
     with pytest.raises(MlflowException, match="does not match expected shape"):
         model.predict(images[:, :, :16, :16])

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kdpipe.config import load_config
-from kdpipe.errors import ConfigError
+from kdpipe.core.config import load_config
+from kdpipe.core.errors import ConfigError
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 SET = re.compile(r"(?:^|\s)-S\s+(?:'([^']+)'|\"([^\"]+)\"|([^\s'\"\\`]+))")
-MODULE = re.compile(r"python3? -m (kdpipe(?:\.\w+)?)")
+MODULE = re.compile(r"python3? -m (kdpipe(?:\.\w+)*)")
 COMMAND = re.compile(r"(?:^|[\s`$])kdpipe ([a-z][a-z-]+)")
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe import export
-from kdpipe.errors import ConfigError, DataError
-from kdpipe.models import LightNN
+from kdpipe.core.errors import ConfigError, DataError
+from kdpipe.export import exporter
+from kdpipe.learn.models import LightNN
 from tests.conftest import random_images
 from tests.test_config import load_with, set_key
 
@@ -20,7 +20,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = LightNN().eval()
     path = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    export.to_onnx(model, path, 32)
+    exporter.to_onnx(model, path, 32)
     return model, path
 
 
@@ -29,13 +29,13 @@ def test_the_onnx_model_matches_pytorch_at_any_batch_size(exported):
 
     model, path = exported
     proto = onnx.load(str(path))
-    assert [o.version for o in proto.opset_import if o.domain == ""] == [export.OPSET]
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [exporter.OPSET]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free dim
-    sess = export.session(path, threads=1)
-    images = export.normalized(random_images(300), MEAN, STD)
+    sess = exporter.session(path, threads=1)
+    images = exporter.normalized(random_images(300), MEAN, STD)
     for n in (1, 7, 300):
-        parity = export.agreement(export.torch_logits(model, images[:n]),
-                                  export.ort_logits(sess, images[:n]))
+        parity = exporter.agreement(exporter.torch_logits(model, images[:n]),
+                                    exporter.ort_logits(sess, images[:n]))
         assert parity["top1_agreement"] == 100.0 and parity["max_abs_logit_diff"] < 1e-4, n
 
 
@@ -43,24 +43,24 @@ def test_a_failed_parity_check_names_its_numbers():
     reference = np.eye(10, dtype=np.float32)[np.arange(1000) % 10]
     candidate = reference.copy()
     candidate[0] = np.roll(candidate[0], 1)  # one image of 1000 changes class: 99.9% agree
-    export.check_parity(export.agreement(reference, candidate), 1000)
+    exporter.check_parity(exporter.agreement(reference, candidate), 1000)
     candidate[1] = np.roll(candidate[1], 1)
-    with pytest.raises(export.ParityError, match=r"on 99.8% of the 1000 test images \(at least "
+    with pytest.raises(exporter.ParityError, match=r"on 99.8% of the 1000 test images \(at least "
                                           r"99.9% required\); max abs logit difference 1"):
-        export.check_parity(export.agreement(reference, candidate), 1000)
+        exporter.check_parity(exporter.agreement(reference, candidate), 1000)
 
 
 def test_int8_quantization_gives_a_smaller_model_that_runs(exported, tmp_path):
     model, path = exported
-    calibration = export.normalized(random_images(200, seed=1), MEAN, STD)
+    calibration = exporter.normalized(random_images(200, seed=1), MEAN, STD)
     out = tmp_path / "int8.onnx"
-    export.quantize_int8(path, out, calibration)
+    exporter.quantize_int8(path, out, calibration)
     assert out.stat().st_size < path.stat().st_size / 2  # int8 weights: a quarter, plus scales
-    images = export.normalized(random_images(100, seed=2), MEAN, STD)
-    logits = export.ort_logits(export.session(out, threads=1), images)
+    images = exporter.normalized(random_images(100, seed=2), MEAN, STD)
+    logits = exporter.ort_logits(exporter.session(out, threads=1), images)
     assert logits.shape == (100, 10) and np.isfinite(logits).all()
-    labels = export.torch_logits(model, images).argmax(1)
-    assert 0 <= export.accuracy(logits, labels) <= 100
+    labels = exporter.torch_logits(model, images).argmax(1)
+    assert 0 <= exporter.accuracy(logits, labels) <= 100
 
 
 def test_a_model_file_from_another_run_is_refused(tmp_path):
@@ -70,9 +70,9 @@ def test_a_model_file_from_another_run_is_refused(tmp_path):
     chosen = {"file": str(path), "record": {"mlflow_run_id": "new"}}
     with pytest.raises(DataError, match="trained by run old, but compare chose the model of "
                                         "run new"):
-        export.load_student(chosen)
+        exporter.load_student(chosen)
     chosen["record"]["mlflow_run_id"] = "old"
-    assert export.load_student(chosen)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert exporter.load_student(chosen)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("key, value, message", [

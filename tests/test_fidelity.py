@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from kdpipe.fidelity import agreement, expected_calibration_error, kl_to_teacher, to_teacher
+from kdpipe.measure.fidelity import agreement, expected_calibration_error, kl_to_teacher, to_teacher
 
 
 def logits_of(probabilities: list[list[float]]) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""The warm launcher (kdpipe.launch, kdpipe.warm) with tiny stage scripts and warm processes that
-import nothing (KDPIPE_WARM_PRELOAD=0), in a folder of their own: stages run warm or cold as
-they should, with their caller's process state, and end as a plain process would."""
+"""The warm launcher (kdpipe.ops.launch, kdpipe.ops.warm) with tiny stage scripts and warm
+processes that import nothing (KDPIPE_WARM_PRELOAD=0), in a folder of their own: stages run warm
+or cold as they should, with their caller's process state, and end as a plain process would."""
 import json
 import os
 import resource
@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+OPS = ROOT / "src" / "kdpipe" / "ops"  # warm.py imports by plain name from its own folder
 
 # Prints what a stage can see of its process, then does what its first argument says.
 STAGE = """
@@ -82,7 +84,8 @@ def env(root) -> dict:
 
 
 def start(root: Path, env: dict, *args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kdpipe.launch", str(root / "stage.py"), *args],
+    return subprocess.Popen([sys.executable, "-m", "kdpipe.ops.launch", str(root / "stage.py"),
+                             *args],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
 
@@ -110,7 +113,7 @@ def launch(root: Path, env: dict, *args: str, **popen) -> tuple[dict, int, str]:
 
 def socket_for(env: dict, monkeypatch) -> Path:
     """The socket a launcher run with `env` (from this test's process) connects to."""
-    from kdpipe import launch
+    from kdpipe.ops import launch
 
     for name in set(os.environ) - set(env):
         monkeypatch.delenv(name)
@@ -214,7 +217,7 @@ def test_a_warm_process_running_a_thread_has_the_stage_run_cold(root, env, monke
     server = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import warm; "
               "threading.Thread(target=threading.Event().wait, daemon=True).start(); "
               "warm.serve(sys.argv[2])")
-    subprocess.Popen([sys.executable, "-c", server, str(ROOT / "src" / "kdpipe"), str(path)],
+    subprocess.Popen([sys.executable, "-c", server, str(OPS), str(path)],
                      env=env, start_new_session=True)
     wait_for(path.exists)
     seen, code, err = launch(root, env, "report")
@@ -226,7 +229,7 @@ def test_a_warm_process_running_a_thread_has_the_stage_run_cold(root, env, monke
 def test_a_warm_process_with_cuda_initialised_does_not_fork(monkeypatch):
     import torch
 
-    from kdpipe import warm
+    from kdpipe.ops import warm
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert "initialised CUDA" in warm.fork_hazard()
@@ -239,7 +242,7 @@ def test_the_preload_leaves_one_thread_no_cuda_and_no_telemetry():
              "torch.cuda.is_initialized(), t.get_telemetry_client(), warm.fork_hazard())")
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTEST_CURRENT_TEST", "CI") and not k.startswith("MLFLOW_")}
-    done = subprocess.run([sys.executable, "-c", check, str(ROOT / "src" / "kdpipe")], env=env,
+    done = subprocess.run([sys.executable, "-c", check, str(OPS)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["1", "False", "None", "None"], done.stderr
 
@@ -279,7 +282,7 @@ def test_a_stage_runs_with_its_callers_affinity_nice_and_limits(root, env):
 def test_the_user_site_folder_is_part_of_the_key(tmp_path, monkeypatch):
     import site
 
-    from kdpipe import launch
+    from kdpipe.ops import launch
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.setattr(site, "USER_SITE", str(tmp_path / "user-site"))

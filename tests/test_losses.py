@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr
 
-from kdpipe.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
-from kdpipe.losses import (
+from kdpipe.core.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
+from kdpipe.learn.losses import (
     DIST,
     CosineHidden,
     DecoupledKD,
@@ -91,7 +91,7 @@ def test_hint_maps_channels_and_matches_spatial_size(student_shape, teacher_shap
 
 
 def test_hint_needs_feature_maps_and_says_which_layer():
-    from kdpipe.errors import ConfigError
+    from kdpipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^teacher.feature_layer: hint needs a feature map"):
         HintRegressor(HintConfig(1.0, 0.0), (16, 8, 8), (512,))

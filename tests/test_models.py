@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kdpipe.losses import STUDENT_FEATURES, TEACHER_FEATURES
-from kdpipe.models import DeepNN, LightNN, Tapped, count_params
+from kdpipe.learn.losses import STUDENT_FEATURES, TEACHER_FEATURES
+from kdpipe.learn.models import DeepNN, LightNN, Tapped, count_params
 
 
 def test_param_counts_match_the_tutorial():
@@ -30,7 +30,7 @@ def test_inference_cost_is_measured_and_the_student_is_cheaper(tmp_path):
     the student is cheaper is checked on what does not: size and floating-point operations."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kdpipe.inference import inference_cost
+    from kdpipe.measure.inference import inference_cost
 
     costs, flops = {}, {}
     for model in (DeepNN(), LightNN()):

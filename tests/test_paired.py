@@ -3,7 +3,7 @@ batches, so a method whose own term has weight 0 must train the baseline student
 through the real stages and the cached teacher outputs."""
 import torch
 
-from kdpipe.checkpoint import safe_load
+from kdpipe.learn.checkpoint import safe_load
 from tests.project import and_export, chosen_student, clone, edit_params, ran_stages, read_json, sh
 
 ZERO = {"kd": {"soft_target_weight": 0, "ce_weight": 1},

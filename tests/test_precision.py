@@ -4,14 +4,15 @@ is bit-identical and a zero-weight method still trains the baseline student bit 
 import pytest
 import torch
 
-from kdpipe import inference, runtime
-from kdpipe.config import KDConfig, TrainConfig
-from kdpipe.losses import Objective, SoftTargetKD, TeacherOutputs
-from kdpipe.models import DeepNN, Tapped
-from kdpipe.runs import seeded_student
-from kdpipe.runtime import Runtime, resolve_precision
-from kdpipe.targets import CachedTargets, compute_targets, save_targets
-from kdpipe.train import fit
+from kdpipe.core import runtime
+from kdpipe.core.config import KDConfig, TrainConfig
+from kdpipe.core.runtime import Runtime, resolve_precision
+from kdpipe.learn.loop import fit
+from kdpipe.learn.losses import Objective, SoftTargetKD, TeacherOutputs
+from kdpipe.learn.models import DeepNN, Tapped
+from kdpipe.learn.teacher_targets import CachedTargets, compute_targets, save_targets
+from kdpipe.learn.training import seeded_student
+from kdpipe.measure import inference
 from tests.conftest import weights
 
 CPU = torch.device("cpu")
@@ -89,7 +90,7 @@ def test_zero_weight_kd_trains_the_baseline_bit_for_bit(tiny_data, tmp_path, pre
 
 
 def test_a_live_teacher_and_its_cache_agree_in_bf16(tiny_data):
-    from kdpipe.targets import LiveTeacher
+    from kdpipe.learn.teacher_targets import LiveTeacher
 
     run = RUNTIMES["bf16"]
     torch.manual_seed(2)

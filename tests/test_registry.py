@@ -3,7 +3,7 @@ never on test, never across data; a model restored from DVC's cache keeps its ve
 import pytest
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, PERMISSION_DENIED
 
-from kdpipe.registry import (
+from kdpipe.tracking.registry import (
     ONNX_REGISTERED_MODEL,
     REGISTERED_MODEL,
     data_alias,
@@ -164,7 +164,7 @@ def test_a_stage_run_logs_models_without_mlflows_racy_env_var_record(tmp_path, m
     turn the record off, and a user's own choice stands."""
     from mlflow.environment_variables import MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING as RECORD
 
-    from kdpipe.tracking import stage_run
+    from kdpipe.tracking.store import stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", raising=False)

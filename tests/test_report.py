@@ -2,7 +2,7 @@
 saying plainly that the test set chose), and the figures."""
 import pytest
 
-from kdpipe.report import COST_KEYS, collect, markdown, summary_metrics
+from kdpipe.analysis.report import COST_KEYS, collect, markdown, summary_metrics
 
 SEEDS = [1, 2, 3]
 # per model: (val_acc, test_acc) per seed. kd is best on validation, hint best on test.
@@ -62,8 +62,8 @@ def test_gains_are_paired_per_seed_and_aggregates_per_model():
 
 
 def test_every_figure_is_drawn_from_the_records(tmp_path, monkeypatch):
-    from kdpipe.figures import draw_all
-    from kdpipe.paths import FIGURES
+    from kdpipe.analysis.figures import draw_all
+    from kdpipe.core.paths import FIGURES
 
     monkeypatch.chdir(tmp_path)
     runs = records()

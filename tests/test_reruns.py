@@ -59,7 +59,7 @@ READERS = {
     "student.batch_size": (64, STUDENTS),
     "student.schedule": ("cosine", STUDENTS),
     "student.arch": ("resnet18", STUDENTS),
-    "student.code": ("src/kdpipe/losses.py", [*STUDENTS, "export"]),  # export rebuilds it
+    "student.code": ("src/kdpipe/learn/losses.py", [*STUDENTS, "export"]),  # export rebuilds it
     "student.feature_layer": ("features.3", ["distill@kd-42", "distill@cosine-42",
                                              "distill@hint-42"]),
     "student.warmup_epochs": (1, STUDENTS),
@@ -188,9 +188,9 @@ def test_export_reruns_only_when_the_chosen_model_changes(built, tmp_path):
 def test_a_code_change_reruns_the_stages_that_import_it(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
     for launcher in ("launch.py", "warm.py"):  # starts stages, computes nothing: reruns nothing
-        with open(repo / "src" / "kdpipe" / launcher, "a") as f:
+        with open(repo / "src" / "kdpipe" / "ops" / launcher, "a") as f:
             f.write("\n# a launcher-only change\n")
-    with open(repo / "src" / "kdpipe" / "report.py", "a") as f:
+    with open(repo / "src" / "kdpipe" / "analysis" / "report.py", "a") as f:
         f.write("\n# a report-only change\n")
     with open(repo / "stages" / "distill.py", "a") as f:
         f.write("\n# a distill-only change\n")

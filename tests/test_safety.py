@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from kdpipe.checkpoint import safe_load
-from kdpipe.errors import TrackingError, UnsafeCheckpointError
-from kdpipe.tracking import probe
+from kdpipe.core.errors import TrackingError, UnsafeCheckpointError
+from kdpipe.learn.checkpoint import safe_load
+from kdpipe.tracking.store import probe
 
 
 class RunsCode:

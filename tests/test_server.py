@@ -210,7 +210,7 @@ def concurrently(env: dict, calls: list) -> list:
 def register_as(model: str, *args):
     """register_best_student into the registered model `model` (of the test's own: the
     pipeline's `kd-student@best` stays with the pipeline's data)."""
-    from kdpipe import registry
+    from kdpipe.tracking import registry
 
     registry.REGISTERED_MODEL = model
     return registry.register_best_student(*args)
@@ -222,8 +222,8 @@ def test_concurrent_compare_runs_share_the_experiment_and_the_better_model_takes
     the server: creating a new experiment, and moving the aliases."""
     import mlflow
 
-    from kdpipe.registry import data_alias
-    from kdpipe.tracking import set_experiment
+    from kdpipe.tracking.registry import data_alias
+    from kdpipe.tracking.store import set_experiment
     from tests.test_registry import DATA, trained
 
     env = {k: v for k, v in client_env(server).items() if k.startswith("MLFLOW_")}

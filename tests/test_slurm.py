@@ -1,4 +1,4 @@
-"""`kdpipe.cluster submit` on a real single-node Slurm (tests/slurm.sh; Debian's slurm-wlm and
+"""`kdpipe.ops.cluster submit` on a real single-node Slurm (tests/slurm.sh; Debian's slurm-wlm and
 munge): the quick pipeline with 2 seeds, one job per stage, results shared through a
 local-folder DVC remote, runs recorded on the team's MLflow server (PostgreSQL, basic-auth).
 Every job COMPLETED, the head has nothing left to run, MLflow holds a run per stage. Slow:
@@ -49,7 +49,7 @@ def test_submit_runs_every_stage_as_a_slurm_job(tmp_path, server, slurm):  # noq
            "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
            "PYTHONPATH": str(head / "src")}
     start = time.monotonic()
-    out = sh(["python", "-m", "kdpipe.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
+    out = sh(["python", "-m", "kdpipe.ops.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
               "--logs", str(tmp_path / "logs")], head, env)
     jobs = re.findall(r"^(\d+)  \S+$", out, flags=re.M)  # "<job id>  <stage>" per job
     assert len(jobs) == 14  # check_params, prepare, teacher, 2 students, targets, 6, compare,
@@ -79,7 +79,7 @@ def test_a_failed_job_cancels_every_job_downstream_of_it(tmp_path, slurm):
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "no data"], head)
     env = {**clean_env(), "SLURM_CONF": slurm["SLURM_CONF"], "PYTHONPATH": str(head / "src"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    out = sh(["python", "-m", "kdpipe.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
+    out = sh(["python", "-m", "kdpipe.ops.cluster", "submit", "--workdir", str(tmp_path / "jobs"),
               "--logs", str(tmp_path / "logs")], head, env)
     stages = dict(re.findall(r"^(\d+)  (\S+)$", out, flags=re.M))  # job id -> stage
     deadline = time.monotonic() + 600

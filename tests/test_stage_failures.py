@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdpipe.checkpoint import safe_load
+from kdpipe.learn.checkpoint import safe_load
 from tests.conftest import ROOT
 from tests.project import edit_params
 from tests.test_data import image_folder, make_archive
@@ -34,7 +34,7 @@ def workspace(path: Path, changes: dict) -> Path:
 def stage(ws: Path, *args: str, env_extra: dict | None = None, wait: bool = True):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PYTHONPATH=str(ROOT / "src"), DVC_ROOT=str(ws), **(env_extra or {}))
-    cmd = [sys.executable, "-m", "kdpipe.launch", str(ROOT / "stages" / args[0]), *args[1:]]
+    cmd = [sys.executable, "-m", "kdpipe.ops.launch", str(ROOT / "stages" / args[0]), *args[1:]]
     if not wait:
         return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
@@ -158,7 +158,7 @@ def test_a_stage_on_a_terminal_also_shows_a_bar(tmp_path):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PYTHONPATH=str(ROOT / "src"), DVC_ROOT=str(ws))
-    proc = subprocess.Popen([sys.executable, "-m", "kdpipe.launch",
+    proc = subprocess.Popen([sys.executable, "-m", "kdpipe.ops.launch",
                              str(ROOT / "stages" / "train.py"), "student", "42"],
                             cwd=ws, env=env, stdout=terminal, stderr=terminal)
     os.close(terminal)

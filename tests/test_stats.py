@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from kdpipe.stats import paired_gain, summarize, verdict
+from kdpipe.measure.stats import paired_gain, summarize, verdict
 
 
 def test_summarize_matches_a_hand_computed_t_interval():
@@ -35,7 +35,7 @@ def test_verdicts():
 
 
 def test_holm_matches_a_hand_computed_example():
-    from kdpipe.stats import holm
+    from kdpipe.measure.stats import holm
 
     # sorted: 0.01 * 4 = 0.04, 0.02 * 3 = 0.06, 0.03 * 2 = 0.06 (monotone), 0.5 * 1 = 0.5
     adjusted = holm([0.03, 0.5, 0.01, 0.02, None])

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from kdpipe import sweep
-from kdpipe.sweep import (
+from kdpipe.analysis import sweep
+from kdpipe.analysis.sweep import (
     analyse,
     chosen_test_metrics,
     differing_keys,
@@ -108,7 +108,7 @@ def test_the_sweep_command_reads_real_dvc_experiments(built, tmp_path):
     sh(["git", "commit", "-qam", "two seeds"], repo)
     for change in ([], ["-S", "distill.kd.temperature=1"], ["-S", "distill.kd.temperature=4"]):
         sh(["dvc", "exp", "run", *change], repo)  # the first: the committed params
-    done = subprocess.run(["python", "-m", "kdpipe.sweep"], cwd=repo, capture_output=True,
+    done = subprocess.run(["python", "-m", "kdpipe.analysis.sweep"], cwd=repo, capture_output=True,
                           text=True, env={**clean_env(), "PYTHONPATH": str(repo / "src")})
     assert done.returncode == 0, done.stderr
     report = read_json(repo / "reports" / "sweep.json")

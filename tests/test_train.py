@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from kdpipe.checkpoint import Checkpoint
-from kdpipe.config import DKDConfig, HintConfig, KDConfig, TrainConfig
-from kdpipe.errors import DivergedError
-from kdpipe.losses import DecoupledKD, HintRegressor, Objective, SoftTargetKD
-from kdpipe.models import DeepNN, LightNN, Tapped
-from kdpipe.runs import seeded_student
-from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
-from kdpipe.train import fit
+from kdpipe.core.config import DKDConfig, HintConfig, KDConfig, TrainConfig
+from kdpipe.core.errors import DivergedError
+from kdpipe.learn.checkpoint import Checkpoint
+from kdpipe.learn.loop import fit
+from kdpipe.learn.losses import DecoupledKD, HintRegressor, Objective, SoftTargetKD
+from kdpipe.learn.models import DeepNN, LightNN, Tapped
+from kdpipe.learn.teacher_targets import CachedTargets, LiveTeacher, compute_targets, save_targets
+from kdpipe.learn.training import seeded_student
 from tests.conftest import weights
 
 TWO_EPOCHS = TrainConfig(epochs=2, lr=1e-3, batch_size=32)
@@ -113,7 +113,7 @@ def test_objectives_see_the_global_step_also_after_a_resume(tiny_data, cpu, tmp_
 
 
 def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
-    from kdpipe.checkpoint import on_cpu, safe_load
+    from kdpipe.learn.checkpoint import on_cpu, safe_load
 
     model = LightNN()
     state = on_cpu({"model": model.state_dict(), "nested": [torch.ones(2)]})
@@ -124,7 +124,7 @@ def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
 
 
 def test_learning_rate_schedules():
-    from kdpipe.train import lr_schedule
+    from kdpipe.learn.loop import lr_schedule
 
     def rates(schedule: str, warmup: int) -> list[float]:
         optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -174,8 +174,8 @@ def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
 
 @pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd", "dist"])
 def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
-    from kdpipe.config import load_config
-    from kdpipe.losses import build_objective
+    from kdpipe.core.config import load_config
+    from kdpipe.learn.losses import build_objective
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
 
 
 def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
-    from kdpipe.errors import DataError
+    from kdpipe.core.errors import DataError
 
     save_targets(tmp_path / "t", META, torch.zeros(2, 10), torch.zeros(2, 32, 8, 8))
     cpu = torch.device("cpu")
@@ -215,7 +215,7 @@ def test_targets_of_other_data_or_another_teacher_are_refused(tmp_path):
 
 
 def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, tmp_path):
-    from kdpipe.targets import teacher_source
+    from kdpipe.learn.teacher_targets import teacher_source
 
     teacher = tapped(DeepNN())
     save_targets(tmp_path / "t", META, torch.zeros(200, 10), torch.zeros(200, 32, 8, 8))

@@ -4,14 +4,14 @@ epoch, with the teacher's output on exactly that view."""
 import pytest
 import torch
 
-from kdpipe.config import KDConfig, TrainConfig
-from kdpipe.data import PAD
-from kdpipe.losses import Objective, SoftTargetKD, TeacherOutputs
-from kdpipe.models import DeepNN, Tapped
-from kdpipe.runs import seeded_student
-from kdpipe.targets import CachedTargets, LiveTeacher, compute_targets, save_targets
-from kdpipe.train import fit
-from kdpipe.views import Views
+from kdpipe.core.config import KDConfig, TrainConfig
+from kdpipe.data.prepared import PAD
+from kdpipe.data.views import Views
+from kdpipe.learn.loop import fit
+from kdpipe.learn.losses import Objective, SoftTargetKD, TeacherOutputs
+from kdpipe.learn.models import DeepNN, Tapped
+from kdpipe.learn.teacher_targets import CachedTargets, LiveTeacher, compute_targets, save_targets
+from kdpipe.learn.training import seeded_student
 from tests.conftest import weights
 
 CPU = torch.device("cpu")
@@ -105,8 +105,8 @@ def test_zero_weight_kd_on_views_trains_the_views_baseline_bit_for_bit(tiny_data
 
 
 def test_views_and_per_batch_augmentation_exclude_each_other(tmp_path):
-    from kdpipe.config import load_config
-    from kdpipe.errors import ConfigError
+    from kdpipe.core.config import load_config
+    from kdpipe.core.errors import ConfigError
     from tests.conftest import ROOT
 
     text = (ROOT / "params.yaml").read_text().replace("augment: false", "augment: true")

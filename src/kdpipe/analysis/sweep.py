@@ -1,0 +1,355 @@
+"""The honest sweep report: choose on validation, adjust for the settings tried, test once.
+
+    python -m kdpipe.analysis.sweep [--all-commits] [--out reports/sweep] [--no-mlflow]
+
+Collects every DVC experiment (`dvc exp show --json`: each one's params; its
+metrics/models.json, which holds every model's per-seed validation and test accuracy, read from
+DVC's cache at the experiment's commit) and
+groups the trained models by the params they read: a baseline student by its recipe (the
+`student` section), a distilled student by its recipe and its method's section. Duplicates (a
+model restored from DVC's cache in several experiments) count once. Then, on validation only:
+
+- each setting's paired gain per seed over the baseline trained with the same recipe (what
+  the loss term adds) and over the best baseline (the baseline student's own best recipe among
+  those tried, chosen on validation: what you gain over training the student well), with 95%
+  CI and paired t-test p, Holm-adjusted for the number of settings tried;
+- the best setting (highest mean validation accuracy).
+
+Only then that one setting's test gains, both ways. A gain whose adjusted p is not below 0.05
+is called noise, however large. Writes <out>.md, <out>.png and <out>.json, and an MLflow run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdpipe.core.config import flat
+from kdpipe.core.files import write_json, write_text, write_with
+from kdpipe.measure.fidelity import FIDELITY_KEYS
+from kdpipe.measure.stats import ALPHA, holm, paired_gain
+
+# must match across a sweep
+COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
+MODELS_FILE = "metrics/models.json"  # every model's per-seed val and test accuracy
+
+
+@dataclass
+class Setting:
+    """One model trained with one setting, over seeds."""
+    model: str              # student, kd, dkd, ...
+    setting: dict           # the params it read (flattened), common ones excluded
+    common: dict            # data, teacher, seed, device: what makes settings comparable
+    val: dict[str, float]   # seed -> validation accuracy
+    test: dict[str, float]  # seed -> test accuracy
+    experiment: str
+    fidelity: dict = field(default_factory=dict)  # mean agreement, kl_to_teacher, test_ece
+
+    @property
+    def recipe(self) -> dict:
+        return {k: v for k, v in self.setting.items() if k.startswith("student.")}
+
+    def mean_val(self) -> float:
+        return sum(self.val.values()) / len(self.val)
+
+
+def reads(model: str, key: str) -> bool:
+    """Whether `model`'s training stage reads params `key` (besides the common ones)."""
+    own = model != "student" and key.startswith(f"distill.{model}.")
+    return key.startswith("student.") or own
+
+
+def models_at(rev: str) -> dict | None:
+    """metrics/models.json as experiment (or commit) `rev` left it, from DVC's cache; None
+    where it has none."""
+    from dvc.api import read
+    from dvc.exceptions import DvcException
+
+    try:
+        text = Path(MODELS_FILE).read_text() if rev == "workspace" else read(MODELS_FILE,
+                                                                              rev=rev)
+    except (FileNotFoundError, DvcException):
+        return None
+    return json.loads(text)
+
+
+def workspace_is_stale() -> bool:
+    """Whether params or files changed since the workspace's outputs were made (an edited
+    params.yaml, a run stopped midway): its metrics would be credited to params that did not
+    produce them."""
+    done = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    return done.returncode != 0 or json.loads(done.stdout or "{}") != {}
+
+
+def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
+    """(name, flattened params, metrics/models.json) of every experiment DVC knows."""
+    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"error: `{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
+    found = []
+
+    def visit(entry: dict) -> None:
+        rev = entry["rev"]  # a commit's sha, or "workspace"
+        name = entry.get("name") or (rev if rev == "workspace" else rev[:7])
+        if entry.get("error"):  # a failed run keeps the metrics of the files it started from
+            print(f"left out experiment {name}: {entry['error'].get('msg') or 'failed'}",
+                  file=sys.stderr)
+            return
+        if rev == "workspace" and workspace_is_stale():
+            print("left out the workspace: it changed since its outputs were made (`dvc status`);"
+                  " `dvc repro` or `dvc exp apply <name>` makes it count", file=sys.stderr)
+            return
+        data = entry.get("data") or {}
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+        models = models_at(rev) if params else None
+        if params and models:
+            found.append((name, flat(params), models))
+        for group in entry.get("experiments") or []:
+            for child in group.get("revs", []):
+                visit(child)
+
+    for entry in json.loads(done.stdout):
+        visit(entry)
+    return found
+
+
+def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
+    unique: dict[str, Setting] = {}
+    for name, params, models in found:
+        common = {k: v for k, v in params.items() if k.startswith(COMMON)}
+        for model, row in models.items():
+            if model == "teacher" or "val_acc_per_seed" not in row:
+                continue
+            setting = {k: v for k, v in params.items() if reads(model, k)}
+            key = json.dumps([model, normal(setting), normal(common)], sort_keys=True,
+                             default=str)
+            fidelity = {k: row[k] for k in FIDELITY_KEYS if k in row}
+            unique.setdefault(key, Setting(model, setting, common, row["val_acc_per_seed"],
+                                           row["test_acc_per_seed"], name, fidelity))
+    return list(unique.values())
+
+
+def normal(params: dict) -> dict:
+    """Numbers as floats: `-S distill.kd.temperature=4` and a committed 4.0 are one setting."""
+    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in params.items()}
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    seeds = sorted(set(a) & set(b))
+    return paired_gain([a[s] for s in seeds], [b[s] for s in seeds]) | {"seeds": len(seeds)}
+
+
+def analyse(models: list[Setting]) -> dict:
+    baselines = [m for m in models if m.model == "student"]
+    if not baselines:
+        sys.exit("error: no baseline student in the experiments; run the pipeline first")
+    best_baseline = max(baselines, key=Setting.mean_val)
+    rows = []
+    for m in models:
+        if m.model == "student":
+            continue
+        same = next((b for b in baselines if b.recipe == m.recipe), None)
+        rows.append({"trained": m, "same_recipe": same,
+                     "val_vs_same": paired(m.val, same.val) if same else None,
+                     "val_vs_best": paired(m.val, best_baseline.val)})
+    for family in ("val_vs_same", "val_vs_best"):
+        adjusted = holm([r[family]["p_value"] if r[family] else None for r in rows])
+        for row, p in zip(rows, adjusted):
+            if row[family]:
+                row[family]["p_holm"] = p
+    chosen = max(rows, key=lambda r: r["trained"].mean_val()) if rows else None
+    test = None
+    if chosen:
+        same = chosen["same_recipe"]
+        test = {"vs_same": paired(chosen["trained"].test, same.test) if same else None,
+                "vs_best": paired(chosen["trained"].test, best_baseline.test)}
+    return {"rows": sorted(rows, key=lambda r: -r["trained"].mean_val()),
+            "best_baseline": best_baseline, "baselines": baselines, "chosen": chosen,
+            "test": test}
+
+
+def verdict(gain: dict | None, p_key: str = "p_holm") -> str:
+    if not gain or gain.get(p_key) is None:
+        return "no test"
+    if gain[p_key] < ALPHA:
+        return "gain" if gain["mean"] > 0 else "loss"
+    return "noise"
+
+
+def differing_keys(models: list[Setting]) -> list[str]:
+    """The params the sweep varied: keys with more than one value among the settings that
+    have them."""
+    keys = sorted({k for m in models for k in m.setting})
+    return [k for k in keys
+            if len({json.dumps(normal(m.setting)[k]) for m in models if k in m.setting}) > 1]
+
+
+def describe(m: Setting, keys: list[str]) -> str:
+    """The setting by the params the sweep varied; none: it shares every param it read with
+    the other settings (not necessarily the committed ones: a lone `dvc exp run -S` is one)."""
+    shown = [f"{k}={m.setting[k]}" for k in keys if k in m.setting]
+    return ", ".join(shown) or "params shared by all"
+
+
+def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
+    """A y-axis label: the method, then its setting without the `distill.<method>.` prefix the
+    method already names, wrapped (not cut: two settings may differ only in their last key)."""
+    setting = describe(m, keys).replace(f"distill.{m.model}.", "")
+    return textwrap.fill(f"{m.model}: {setting}", width)
+
+
+def _gain(g: dict | None, p_key: str = "p_holm") -> str:
+    if not g:
+        return "– | – | –"
+    ci = f" ± {g['ci95']:.2f}" if g["ci95"] is not None else ""
+    p = "–" if g.get(p_key) is None else f"{g[p_key]:.3f}"
+    return f"{g['mean']:+.2f}{ci} | {p} | {verdict(g, p_key)}"
+
+
+def markdown(result: dict, keys: list[str], left_out: int) -> str:
+    best, rows = result["best_baseline"], result["rows"]
+    lines = ["# Sweep: gains chosen on validation, confirmed once on test", "",
+             f"{len(rows)} distilled settings and {len(result['baselines'])} baseline recipes "
+             f"({len({r['trained'].experiment for r in rows})} experiments with distilled "
+             "students; identical settings counted once). Gains are paired per seed, in "
+             "accuracy points, mean ± 95% CI; p: paired t-test, Holm-adjusted for the settings "
+             "tried; noise: adjusted p >= 0.05.",
+             "", f"Best baseline (chosen on validation): {describe(best, keys)}, "
+             f"val {best.mean_val():.2f}%.", ""]
+    if left_out:
+        lines += [f"({left_out} experiment(s) on other data, teacher or seed settings left out: "
+                  "their scores do not compare.)", ""]
+    lines += ["| method | setting | val acc % | val gain vs same-recipe baseline | p (Holm) "
+              "| verdict | val gain vs best baseline | p (Holm) | verdict |",
+              "|---|---|---:|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        m = r["trained"]
+        lines.append(f"| {m.model} | {describe(m, keys)} | {m.mean_val():.2f} | "
+                     f"{_gain(r['val_vs_same'])} | {_gain(r['val_vs_best'])} |")
+    chosen, test = result["chosen"], result["test"]
+    if chosen:
+        m = chosen["trained"]
+        lines += ["", f"**Chosen on validation: {m.model}, {describe(m, keys)}.** Its test "
+                  "gains, measured once (not adjusted: one confirmatory test each):", "",
+                  "| test gain vs | mean ± CI (pp) | p | verdict |", "|---|---:|---:|---|",
+                  f"| the same-recipe baseline | {_gain(test['vs_same'], 'p_value')} |",
+                  f"| the best baseline | {_gain(test['vs_best'], 'p_value')} |"]
+        lines += fidelity_table({"chosen setting": m, "best baseline": best})
+    return "\n".join(lines) + "\n"
+
+
+def fidelity_table(settings: dict[str, Setting]) -> list[str]:
+    """Fidelity on test (kdpipe.measure.fidelity), means over seeds, where the experiments
+    have it."""
+    if not all(m.fidelity for m in settings.values()):
+        return []
+    lines = ["", "| fidelity on test | agreement with teacher % | KL(teacher ‖ model) nats "
+             "| ECE % |", "|---|---:|---:|---:|"]
+    for label, m in settings.items():
+        f = m.fidelity
+        lines.append(f"| {label} | {f['agreement']:.2f} | {f['kl_to_teacher']:.3f} | "
+                     f"{f['test_ece']:.2f} |")
+    return lines
+
+
+def figure(result: dict, keys: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.5))  # inches; labels wrap to 2 lines
+    for y, r in enumerate(rows):
+        g = r["val_vs_best"]
+        color = {"gain": "tab:green", "loss": "tab:red"}.get(verdict(g), "grey")
+        ax.errorbar(g["mean"], y, xerr=g["ci95"] or 0, fmt="o", color=color, capsize=4)
+    test = result["test"]
+    if test:
+        g = test["vs_best"]
+        ax.errorbar(g["mean"], 0, xerr=g["ci95"] or 0, fmt="D", color="black", capsize=4,
+                    label="chosen setting, on test")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(rows)), [figure_label(r["trained"], keys) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation gain over the best baseline (pp), mean ± 95% CI")
+    ax.set_title("Sweep: green = gain after Holm, grey = noise")
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def summary(result: dict, keys: list[str]) -> dict:
+    def row(r):
+        return {"model": r["trained"].model, "setting": r["trained"].setting,
+                "experiment": r["trained"].experiment, "val_acc": r["trained"].mean_val(),
+                "fidelity": r["trained"].fidelity,
+                "val_vs_same": r["val_vs_same"], "val_vs_best": r["val_vs_best"]}
+
+    chosen = result["chosen"]
+    return {"differing_params": keys, "best_baseline": result["best_baseline"].setting,
+            "rows": [row(r) for r in result["rows"]],
+            "chosen": row(chosen) if chosen else None, "chosen_test": result["test"]}
+
+
+def chosen_test_metrics(name: str, gain: dict) -> dict:
+    """The chosen setting's test gain as MLflow metrics; its p only where there is one (one
+    seed: no test), and a p of 0 stays 0."""
+    p = gain["p_value"]
+    return {f"summary/chosen_test_gain_{name}": gain["mean"],
+            **({f"summary/chosen_test_p_{name}": p} if p is not None else {})}
+
+
+def log_to_mlflow(files: list[Path], data: dict) -> None:
+    from kdpipe.core.config import load_config
+    from kdpipe.tracking import store
+
+    with store.stage_run(load_config().mlflow.experiment, "sweep", {}):
+        import mlflow
+
+        for path in files:
+            mlflow.log_artifact(str(path))
+        test = data["chosen_test"] or {}
+        for name, gain in test.items():
+            if gain:
+                mlflow.log_metrics(chosen_test_metrics(name, gain))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--all-commits", action="store_true",
+                        help="experiments of every commit, not only the workspace's baseline")
+    parser.add_argument("--out", type=Path, default=Path("reports/sweep"))
+    parser.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
+    args = parser.parse_args(argv)
+    found = experiments(args.all_commits)
+    if not found:
+        sys.exit("error: no experiment with metrics/models.json; run `dvc exp run` first")
+    workspace = {k: v for k, v in found[0][1].items() if k.startswith(COMMON)}
+    models = [m for m in trained_models(found) if m.common == workspace]
+    left_out = len({name for name, params, _ in found
+                    if {k: v for k, v in params.items() if k.startswith(COMMON)} != workspace})
+    keys = differing_keys(models)
+    result = analyse(models)
+    files = [args.out.with_suffix(".md"), args.out.with_suffix(".png"),
+             args.out.with_suffix(".json")]
+    text = markdown(result, keys, left_out)
+    write_text(files[0], text)
+    figure(result, keys, files[1])
+    data = summary(result, keys)
+    write_json(files[2], data)
+    if not args.no_mlflow:
+        log_to_mlflow(files, data)
+    print(text)
+    print("written: " + ", ".join(map(str, files)))
+
+
+if __name__ == "__main__":
+    main()

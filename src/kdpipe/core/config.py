@@ -1,0 +1,356 @@
+"""Typed, validated view of params.yaml.
+
+Every section is a frozen dataclass. `load_config` rejects unknown keys, wrong types and
+out-of-range values before any stage touches data or a device, with one message that names
+the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, get_origin, get_type_hints
+
+import yaml
+
+from kdpipe.core.errors import ConfigError
+
+
+def rule(allowed: str, ok: Callable[[Any], bool], **kwargs) -> Any:
+    """A dataclass field whose value must satisfy `ok`; `allowed` says what is allowed."""
+    return field(metadata={"allowed": allowed, "ok": ok}, **kwargs)
+
+
+def positive_int():
+    return rule("an integer >= 1", lambda v: v >= 1)
+
+
+def positive_float():
+    return rule("a number > 0", lambda v: v > 0)
+
+
+def weight():
+    return rule("a number >= 0", lambda v: v >= 0)
+
+
+def _three(values: list, ok: Callable[[float], bool]) -> bool:
+    return len(values) == 3 and all(_type_ok(float, x) and ok(x) for x in values)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = rule("'cifar10', 'synthetic' or a path to an ImageFolder dir or .tar.gz",
+                       lambda v: v.strip() != "")
+    limit_train: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
+    limit_test: int = rule("an integer >= 0 (0 = all images)", lambda v: v >= 0)
+    augment: bool = False
+    # K fixed, seeded augmented views per training image (crop + flip), the teacher's outputs
+    # on each cached once; every model trains epoch e on a view of each image. 0 = none.
+    views: int = rule("an integer >= 0 (0 = no views)", lambda v: v >= 0, default=0)
+    # A held-out part of the training set for per-epoch curves and every choice; 0 = none (as
+    # the tutorial, which reports test accuracy every epoch and so chooses on test).
+    val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
+    # Side of the square images `prepare` stores (resized once if the source differs).
+    image_size: int = rule("an integer >= 8", lambda v: v >= 8, default=32)
+    # Per-channel normalisation of the model's input (default: the tutorial's ImageNet values).
+    mean: list[float] = rule("3 numbers (R, G, B)", lambda v: _three(v, lambda x: True),
+                             default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = rule("3 numbers > 0 (R, G, B)", lambda v: _three(v, lambda x: x > 0),
+                            default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def check(self) -> str | None:
+        if self.views and self.augment:
+            return (f"views={self.views} and augment=true: choose one (views: K cached views, "
+                    "the teacher never runs while students train; augment: a fresh random view "
+                    "every batch, the teacher runs live)")
+        return None
+
+
+SCHEDULES = ("constant", "cosine")
+MODELS_CODE = "src/kdpipe/learn/models.py"
+
+
+def builder_file(arch: str) -> str:
+    """The file of a `module:function` builder, relative to the repository root."""
+    return arch.partition(":")[0].replace(".", "/") + ".py"
+
+
+ARCH = "DeepNN, LightNN, a torchvision model name or module:function"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = positive_int()
+    lr: float = positive_float()
+    batch_size: int = positive_int()
+    # constant: Adam at `lr` throughout (the tutorial); cosine: decays to 0 by the last step,
+    # after `warmup_epochs` of linear warm-up (either schedule).
+    schedule: str = rule(" | ".join(SCHEDULES), lambda v: v in SCHEDULES, default="constant")
+    warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
+    # DeepNN | LightNN (the tutorial's) | a torchvision classification model (resnet18, ...) |
+    # module:function, a builder in your code: function(num_classes=...) -> nn.Module
+    arch: str = rule(ARCH, lambda v: v.strip() != "", default="LightNN")
+    # The file that defines `arch`, a DVC dependency of the stages that build it: the default
+    # for built-in architectures, the builder's file (module a.b -> a/b.py) for module:function.
+    code: str = rule("a path relative to the repository root", lambda v: v.strip() != "",
+                     default=MODELS_CODE)
+    # The module whose output cosine and hint distil ("" = the architecture's default).
+    feature_layer: str = ""
+
+    def check(self) -> str | None:
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            return f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
+        expected = builder_file(self.arch) if ":" in self.arch else MODELS_CODE
+        if self.code != expected:
+            return (f"code={self.code!r} does not define arch={self.arch!r}; expected "
+                    f"code: {expected} (the file DVC must watch for it)")
+        return None
+
+
+PRETRAINED_DIR = "teachers"
+PRETRAINED_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass(frozen=True)
+class TeacherConfig(TrainConfig):
+    arch: str = rule(ARCH, lambda v: v.strip() != "", default="DeepNN")
+    # A trained teacher to use instead of training one: a file under teachers/ (that folder is
+    # the teacher stage's DVC dependency). "" = train it.
+    pretrained: str = rule(f"'' or a {'/'.join(PRETRAINED_SUFFIXES)} file under "
+                           f"{PRETRAINED_DIR}/",
+                           lambda v: v == "" or (v.startswith(PRETRAINED_DIR + "/")
+                                                 and v.endswith(PRETRAINED_SUFFIXES)),
+                           default="")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Base for the distillation objectives: the terms' weights plus the cross-entropy weight."""
+
+    # The fields that weight a term but are not named *weight (the papers' alpha, beta, gamma).
+    TERM_WEIGHTS: ClassVar[tuple[str, ...]] = ()
+
+    def check(self) -> str | None:
+        names = [f.name for f in dataclasses.fields(self)
+                 if "weight" in f.name or f.name in self.TERM_WEIGHTS]
+        if all(getattr(self, name) == 0 for name in names):
+            return f"the weights are all 0 ({', '.join(names)}); at least one must be > 0"
+        return None
+
+
+@dataclass(frozen=True)
+class KDConfig(LossWeights):
+    temperature: float = positive_float()
+    soft_target_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class CosineConfig(LossWeights):
+    hidden_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class HintConfig(LossWeights):
+    feature_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class DKDConfig(LossWeights):
+    """Decoupled KD: alpha * TCKD + beta * NCKD at `temperature`, ramped in linearly per step
+    over `warmup_epochs`, plus ce_weight * cross-entropy."""
+    TERM_WEIGHTS = ("alpha", "beta")
+    alpha: float = weight()
+    beta: float = weight()
+    temperature: float = positive_float()
+    ce_weight: float = weight()
+    warmup_epochs: int = rule("an integer >= 0", lambda v: v >= 0, default=0)
+
+
+@dataclass(frozen=True)
+class LSKDConfig(LossWeights):
+    """Logit-standardised KD: soft-target KD on z-scored logits."""
+    temperature: float = positive_float()
+    soft_target_weight: float = weight()
+    ce_weight: float = weight()
+
+
+@dataclass(frozen=True)
+class DISTConfig(LossWeights):
+    """DIST: beta * inter-class + gamma * intra-class relation loss at `temperature`, plus
+    ce_weight * cross-entropy."""
+    TERM_WEIGHTS = ("beta", "gamma")
+    beta: float = weight()
+    gamma: float = weight()
+    temperature: float = positive_float()
+    ce_weight: float = weight()
+
+
+METHODS = ("kd", "cosine", "hint", "dkd", "lskd", "dist")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # Which methods run (a distill stage per method and seed); each has its section below.
+    methods: list[str] = rule(f"a non-empty list of distinct methods from {', '.join(METHODS)}",
+                              lambda v: bool(v) and len(set(v)) == len(v)
+                              and all(m in METHODS for m in v))
+    kd: KDConfig
+    cosine: CosineConfig
+    hint: HintConfig
+    dkd: DKDConfig
+    lskd: LSKDConfig
+    dist: DISTConfig
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = rule("a non-empty experiment name", lambda v: v.strip() != "")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Stage `export`: the chosen student in ONNX, and an int8 copy measured beside it."""
+    # Quantize a copy to int8 (static, onnxruntime) and report its accuracy and speed.
+    int8: bool = True
+    # Train images (a seeded, class-balanced subset) that calibrate the int8 activation ranges.
+    calibration_images: int = rule("an integer >= 1", lambda v: v >= 1, default=1000)
+    # The int8 copy is reported as usable only if it loses at most this much test accuracy
+    # (percentage points) against the PyTorch model.
+    int8_max_loss: float = rule("a number >= 0 (percentage points)", lambda v: v >= 0,
+                                default=1.0)
+
+
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = rule("an integer >= 0", lambda v: v >= 0)
+    seeds: list[int] = rule("a non-empty list of distinct integers >= 0",
+                            lambda v: bool(v) and len(set(v)) == len(v)
+                            and all(_type_ok(int, s) and s >= 0 for s in v))
+    device: str = rule(" | ".join(DEVICES), lambda v: v in DEVICES)
+    data: DataConfig
+    teacher: TeacherConfig
+    student: TrainConfig
+    distill: DistillConfig
+    mlflow: MlflowConfig
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # bf16 autocast (losses, softmax and caches stay fp32) or full fp32; auto: bf16 where the
+    # device computes it in hardware (GPU capability >= 8.0, CPU with AMX), else fp32.
+    precision: str = rule(" | ".join(PRECISIONS), lambda v: v in PRECISIONS, default="auto")
+    # CPU threads for torch; 0 keeps torch's default (one per core).
+    threads: int = rule("an integer >= 0 (0 = torch's default)", lambda v: v >= 0, default=0)
+    # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off:
+    # docs/performance.md). A speed switch: no stage declares it, so flipping it reruns nothing.
+    compile: bool = False
+
+
+def _type_ok(expected: type, value: Any) -> bool:
+    expected = get_origin(expected) or expected  # list[int] -> list
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:  # `dvc exp run -S distill.kd.temperature=4` writes an int
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+TYPE_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string",
+              list[int]: "a list of integers", list[str]: "a list of names",
+              list[float]: "a list of numbers"}
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw`, found at dotted `path` in params.yaml."""
+    where = path or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{_join(path, key)}: unknown key{hint}; "
+                              f"allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing; expected {_allowed(f, hints[name])}")
+            continue
+        values[name] = _value(f, hints[name], raw[name], key)
+    obj = cls(**values)
+    problem = obj.check() if hasattr(obj, "check") else None
+    if problem:
+        raise ConfigError(f"{where}: {problem} (got {raw})")
+    return obj
+
+
+def _value(f: dataclasses.Field, expected: type, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(expected):
+        return build(expected, value, key)
+    if not _type_ok(expected, value):
+        raise ConfigError(f"{key}={value!r}: expected {_allowed(f, expected)}")
+    ok = f.metadata.get("ok")
+    if ok and not ok(value):
+        raise ConfigError(f"{key}={value!r}: expected {f.metadata['allowed']}")
+    return float(value) if expected is float else value
+
+
+def _allowed(f: dataclasses.Field, expected: type) -> str:
+    if dataclasses.is_dataclass(expected):
+        keys = ", ".join(g.name for g in dataclasses.fields(expected))
+        return f"a section with keys: {keys}"
+    return f.metadata.get("allowed", TYPE_NAMES.get(expected, expected.__name__))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return build(Config, raw, "")
+
+
+def as_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params and DVC use."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def section(cfg: Config, *names: str) -> dict:
+    """The named params sections ('distill.kd', 'seed', ...) as a nested plain dict."""
+    out: dict = {}
+    for name in names:
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        out[name] = as_dict(value) if hasattr(value, "__dataclass_fields__") else value
+    return out

@@ -1,0 +1,134 @@
+"""Device choice and the per-device settings that make training fast, plus what to record
+about the machine so results can be compared honestly."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+import torch
+
+from kdpipe.core.config import Config
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.progress import say
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None = full fp32
+    compile: bool
+
+    @property
+    def precision(self) -> str:
+        """What params `precision` resolved to here: bf16 or fp32."""
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup(cfg: Config) -> Runtime:
+    """Resolve `cfg.device` and `cfg.precision`, set the thread count and the fast-math
+    switches."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': CUDA is not available on this machine; "
+                          "expected auto | cpu here")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if use_cuda else "cpu")
+    amp_dtype = resolve_precision(cfg.precision, device)
+    if not use_cuda:
+        # compile is not worth its start-up on CPU (measured: docs/performance.md).
+        return Runtime(device, amp_dtype, False)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    set_tf32(cfg.precision != "fp32")  # fp32 means IEEE fp32: no TF32 tensor cores either
+    return Runtime(device, amp_dtype, cfg.compile)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for params `precision`: fp32 -> None; bf16 -> bfloat16 (said once
+    when the device has no bf16 hardware: it then runs slower than fp32); auto -> bfloat16
+    where the device computes bf16 natively, else None. Decided from the hardware, never from
+    a timing, so a run does not depend on how busy the machine was."""
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        say(f"precision: bf16 on a {device.type} without bf16 hardware is emulated, slower "
+            "than fp32 (precision: auto picks fp32 here)")
+    if precision == "bf16" or (precision == "auto" and native):
+        return torch.bfloat16
+    return None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware. GPUs: compute capability >= 8.0 (Ampere and
+    later); `torch.cuda.is_bf16_supported()` also says yes where bf16 is emulated. CPUs: the
+    AMX tiles (`amx_bf16`), where oneDNN's bf16 convolutions and matmuls were measured 2.3-3.2x
+    faster than fp32 for this project's models (docs/performance.md); AVX-512 BF16 alone is
+    not counted, as no speed-up has been measured there."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            line = next((ln for ln in info if ln.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (10-bit mantissa, fp32 range), through
+    the `fp32_precision` API that replaced `allow_tf32` in PyTorch 2.9."""
+    mode = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment(runtime: Runtime) -> dict:
+    """What the results depend on besides code, params and data."""
+    device = runtime.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "torch_version": torch.__version__,
+        "device": device.type,
+        "device_name": name or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "precision": runtime.precision,
+        "cpu_bf16_flags": " ".join(sorted(f for f in cpu_flags() if "bf16" in f)) or "none",
+        "compile": runtime.compile,
+    }
+
+
+def stage_cost() -> dict:
+    """Wall time since the stage's process started (imports included) and its peak resident
+    memory so far (Linux reports ru_maxrss in KiB)."""
+    return {"wall_seconds": round(time.time() - stage_start_time(), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def stage_start_time() -> float:
+    """When the process DVC started for this stage began (seconds since the epoch): the warm
+    launcher passes its client's start time, as this process only forked from a warm one."""
+    started = os.environ.get("KDPIPE_STAGE_STARTED")
+    return float(started) if started else psutil.Process().create_time()

@@ -1,0 +1,28 @@
+"""Entry-point wrapper for stages: expected failures end in one clear line, not a traceback."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from kdpipe.core import errors
+from kdpipe.tracking import store
+
+EXPECTED = (errors.ConfigError, errors.DataError, errors.TrackingError, errors.DivergedError,
+            errors.UnsafeCheckpointError)
+
+
+def run_stage(main: Callable[[], object], track: bool = True) -> None:
+    """Run a stage's `main`: check the tracking store first if it records (seconds, not
+    minutes of retries after the compute is spent), then turn expected failures into one
+    line."""
+    try:
+        if track:
+            store.probe(store.tracking_uri())
+        main()
+    except EXPECTED as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun `dvc repro` to resume from the last finished epoch",
+              file=sys.stderr)
+        sys.exit(130)

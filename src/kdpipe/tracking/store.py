@@ -1,0 +1,352 @@
+"""MLflow: one store at the repository root, one run per stage execution.
+
+The store is `MLFLOW_TRACKING_URI` if set, else `sqlite:///<root>/mlflow.db` with artifacts in
+`<root>/mlartifacts`. `root` is DVC_ROOT (set by DVC for every stage, and pointing at the main
+repository even inside `dvc exp run --queue` temp workspaces), else the folder holding
+dvc.yaml. Never the current directory: queued experiments run in temp dirs that are deleted.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from kdpipe.core.errors import TrackingError
+
+TORCHVISION_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def repo_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "dvc.yaml").exists()), here)
+
+
+def tracking_uri() -> str:
+    # timeout: parallel stages (`dvc queue start -j N`) wait for SQLite's write lock instead of
+    # failing with "database is locked" after pysqlite's default 5 s.
+    default = f"sqlite:///{repo_root() / 'mlflow.db'}?timeout=60"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise, across processes, the first use of a SQLite store: processes creating or
+    migrating its tables at once fail. The lock file sits beside the database, so processes
+    sharing the store share it. Other stores (a tracking server) need no lock here."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).parent
+    with open(folder / "mlflow.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def probe(uri: str, timeout: float = 3.0) -> None:
+    """Fail within seconds, before any work, if an HTTP tracking server is unreachable or
+    refuses this client's credentials: MLflow's own client would retry for minutes, after the
+    compute is spent."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    base = uri.rstrip("/")
+    try:
+        urllib.request.urlopen(base + "/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}). "
+            "Start it (`mlflow server --host 127.0.0.1 --port 5000 ...`), fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store.") from None
+    request = urllib.request.Request(
+        base + "/api/2.0/mlflow/experiments/search", method="POST", headers=auth_headers(),
+        data=json.dumps({"max_results": 1}).encode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise TrackingError(
+                f"MLflow tracking server {uri} rejected the credentials (401 Unauthorized): "
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if err.code == 403:
+            raise TrackingError(
+                f"MLflow tracking server {uri}: user {os.environ.get(USER_VAR, '?')!r} lacks "
+                "permission (403 Forbidden); ask its admin for EDIT on the experiment") from None
+    except (urllib.error.URLError, OSError):
+        pass  # reachable a moment ago; MLflow's own client reports anything else
+
+
+USER_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def auth_headers() -> dict:
+    """HTTP basic auth from MLflow's own variables, as its client sends it."""
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(USER_VAR):
+        token = f"{os.environ[USER_VAR]}:{os.environ.get(PASSWORD_VAR, '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+    return headers
+
+
+def set_experiment(name: str) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it (with artifacts
+    under the repo root, not under whatever folder ran first) if needed. Processes creating it
+    at once, on any machines, all get the one the store kept (the store refuses a second)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        with store_lock(uri):
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location(uri))
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                return client.get_experiment_by_name(name).experiment_id
+    except MlflowException as err:
+        raise TrackingError(f"MLflow tracking URI {uri!r} is not usable "
+                            f"({str(err).splitlines()[0]}); fix or unset "
+                            "MLFLOW_TRACKING_URI") from None
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (the repository root
+    for the default one; a shared folder for a store there, so that runs from temporary clones,
+    `dvc exp --queue` or cluster jobs, outlive them); a server's own choice otherwise."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts").as_uri()
+    return (repo_root() / "mlartifacts").as_uri()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+RECORD_ENV_VARS_VAR = "MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING"
+DVC_TAGS = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.baseline_rev": "DVC_EXP_BASELINE_REV"}
+
+
+def run_tags(stage: str) -> dict:
+    env = os.environ
+    tags = {"dvc.stage": env.get("DVC_STAGE", stage), "git.commit": git_commit()}
+    for tag, var in DVC_TAGS.items():
+        if env.get(var):
+            tags[tag] = env[var]
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, name: str, params: dict, run_id: str | None = None,
+              tags: dict | None = None) -> Iterator:
+    """One MLflow run, named `name` (e.g. kd-43), for one stage execution (or the continuation
+    of `run_id` after a resume), with `tags` beside the standard ones. A run stopped by Ctrl-C
+    or SIGTERM is marked KILLED, a crash FAILED."""
+    import mlflow
+
+    experiment_id = set_experiment(experiment)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if SAMPLING_INTERVAL_VAR not in os.environ:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    # MLflow's log_model records which environment variables were read while it ran in a set
+    # that it then iterates unguarded: the system-metrics thread reading a new one meanwhile
+    # fails the stage ("Set changed size during iteration"). The record only serves
+    # Databricks' serving tips, so it is off unless the user turns it on.
+    os.environ.setdefault(RECORD_ENV_VARS_VAR, "false")
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
+                           run_name=None if run_id else name,
+                           tags={**run_tags(name), **(tags or {})},
+                           log_system_metrics=system_metrics_enabled())
+    try:
+        if run_id is None:
+            mlflow.log_params(params)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# System metrics (CPU, memory, disk, network; GPU utilisation and memory with the `gpu` extra's
+# nvidia-ml-py), as MLflow's run page shows them under "System metrics". MLflow's own variables
+# control them: MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns them off (on by default here),
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets the seconds between samples. The default, 2 s,
+# gives even a short student stage a few points for ~5 ms of work each.
+ENABLE_VAR = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+SAMPLING_INTERVAL_VAR = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+SYSTEM_METRICS_SECONDS = 2.0
+
+
+def system_metrics_enabled() -> bool:
+    # Its start and stop messages would fill every stage's output; warnings still show.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    return os.environ.get(ENABLE_VAR, "true").strip().lower() not in ("false", "0", "no")
+
+
+def runs_page(experiment_id: str) -> str:
+    """The experiment's training runs in the MLflow UI. `workflowType=machine_learning` opens
+    the runs table; without it MLflow 3.17 opens its GenAI overview. The address is the
+    tracking server's, or `mlflow ui`'s default for a local store."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# MLflow metric names are grouped by prefix, which the UI's chart view shows as sections,
+# sorted, before the unprefixed "Model metrics": `epoch/` (the per-epoch learning curves, so
+# they come first), `stage/` (a stage's costs and counts), `summary/` (the compare run's
+# aggregates). The one number measured once per model, `test_acc`, keeps its plain name.
+EPOCH_METRICS = ("train_loss", "val_acc", "test_acc")  # logged per epoch, step = epoch
+
+
+def log_epoch(record: dict) -> None:
+    import mlflow
+
+    mlflow.log_metrics({f"epoch/{k}": record[k] for k in EPOCH_METRICS if k in record},
+                       step=record["epoch"])
+
+
+def log_final(metrics: dict, env: dict) -> None:
+    """A stage's metrics file (per-epoch values are already logged, under `epoch/`), and the
+    machine they were measured on."""
+    import mlflow
+
+    final = {k: v for k, v in metrics.items()  # seed: a param; precision: an env tag
+             if k == "test_acc" or (k not in (*EPOCH_METRICS, "seed")
+                                    and isinstance(v, (int, float)))}
+    mlflow.log_metrics({k if k == "test_acc" else f"stage/{k}": float(v) for k, v in final.items()})
+    mlflow.set_tags({f"env.{k}": v for k, v in env.items()})
+
+
+def log_summary(summary: dict) -> None:
+    import mlflow
+
+    mlflow.log_dict(summary, "data_summary.json")
+    mlflow.log_metrics({f"stage/{split}_images": sum(counts.values())
+                        for split, counts in summary["counts"].items()})
+
+
+def log_model(model, image_size: int = 32) -> str:
+    """Log `model` (a CPU copy in eval mode) in MLflow's default pt2 format; return its model
+    id. The example batch has 2 images: pt2 export freezes every dimension that is 1."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
+    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
+    info = mlflow.pytorch.log_model(
+        cpu_model, name="model", input_example=example,
+        # Explicit requirements: inferring them costs a subprocess (up to minutes) per model.
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_id
+
+
+def link_teacher(saved_teacher: dict) -> None:
+    """Record the teacher this run learned from: its logged model as a run input (so the UI
+    links the two) and its run id as a tag."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    run_id = mlflow.active_run().info.run_id
+    mlflow.MlflowClient().log_inputs(
+        run_id, models=[LoggedModelInput(saved_teacher["mlflow_model_id"])])
+    mlflow.set_tags({"teacher.run_id": saved_teacher["mlflow_run_id"],
+                     "teacher.model_id": saved_teacher["mlflow_model_id"]})
+
+
+def log_comparison(comparison: dict, files: list[Path], model_ids: list[str]) -> None:
+    """The compare run: every model's metrics (as `summary/<model>.<metric>`), each method's gain,
+    the report and its figures, and the compared models as inputs."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    numbers = {f"summary/{name}.{key}": value for name, row in comparison["models"].items()
+               for key, value in row.items()}
+    numbers |= {f"summary/{method}.gain_{key}": value
+                for method, gain in comparison["gains"].items() for key, value in gain.items()}
+    mlflow.log_metrics({k: float(v) for k, v in numbers.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.set_tags({"best_student": comparison["best_student"],
+                     "choose_by": comparison["choose_by"]})
+    for path in files:
+        mlflow.log_artifact(str(path))
+    mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id,
+                                     models=[LoggedModelInput(m) for m in in_store(model_ids)])
+
+
+def in_store(model_ids: list[str]) -> list[str]:
+    """The logged models this store holds. A model restored from DVC's run-cache was logged
+    where it was trained: the shared server, or another machine's own store (then it is not
+    here, and this run can only name it in its records)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, found = mlflow.MlflowClient(), []
+    for model_id in model_ids:
+        try:
+            client.get_logged_model(model_id)
+            found.append(model_id)
+        except MlflowException:
+            print(f"note: model {model_id} was logged to another MLflow store; set "
+                  "MLFLOW_TRACKING_URI to the shared server to link it", flush=True)
+    return found
+
+
+def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
+    """The prepared data as an MLflow dataset input: name, source and digest."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = summary["source"]
+    if source == "cifar10":
+        uri = TORCHVISION_CIFAR10_URL
+    elif source == "synthetic":
+        uri = prepared_dir.resolve().as_uri()
+    else:
+        path = Path(source)
+        uri = (path if path.is_absolute() else repo_root() / path).resolve().as_uri()
+    name = Path(source).name.removesuffix(".tar.gz")
+    with warnings.catch_warnings():  # MLflow registers two identical file-source classes
+        warnings.simplefilter("ignore", UserWarning)
+        source_obj = resolve_dataset_source(uri)
+    dataset = MetaDataset(source_obj, name=name, digest=summary["sha256"][:16])
+    mlflow.log_input(dataset, context=context)
