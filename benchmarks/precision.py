@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kdpipe.core.runtime import cpu_flags, native_bf16  # noqa: E402
+from kdpipe.core.runtime import bf16_rule, cpu_flags  # noqa: E402
 from kdpipe.learn.models import DeepNN, LightNN  # noqa: E402
 
 MODELS = {"teacher (DeepNN)": DeepNN, "student (LightNN)": LightNN}
@@ -95,7 +95,7 @@ def machine() -> dict:
                        if line.startswith("model name")), platform.processor())
     return {"cpu": model_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or "amx" in f),
-            "native_bf16": native_bf16(torch.device("cpu"))}
+            "native_bf16": bf16_rule(torch.device("cpu")) or "none: bf16 is emulated here"}
 
 
 def main() -> None:

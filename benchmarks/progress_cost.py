@@ -25,7 +25,7 @@ from kdpipe.core.progress import EpochProgress  # noqa: E402
 from kdpipe.core.runtime import Runtime  # noqa: E402
 from kdpipe.data.prepared import batch_order  # noqa: E402
 from kdpipe.learn.loop import TrainData, fit  # noqa: E402
-from kdpipe.learn.losses import Objective  # noqa: E402
+from kdpipe.learn.objective import Objective  # noqa: E402
 from kdpipe.learn.training import seeded_student  # noqa: E402
 
 

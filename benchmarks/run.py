@@ -34,7 +34,8 @@ from tutorial import run_tutorial  # noqa: E402
 from kdpipe.core.config import load_config  # noqa: E402
 from kdpipe.core.files import read_json  # noqa: E402
 from kdpipe.data.prepared import Prepared  # noqa: E402
-from kdpipe.learn.losses import Objective, build_objective  # noqa: E402
+from kdpipe.learn.methods import registry  # noqa: E402
+from kdpipe.learn.objective import Objective  # noqa: E402
 from kdpipe.learn.teacher_targets import CachedTargets  # noqa: E402
 from kdpipe.learn.training import load_data, seeded_student  # noqa: E402
 
@@ -81,8 +82,7 @@ def bare_throughput(repo: Path, name: str) -> float:
     data = load_data(prepared, cfg.data, torch.device("cpu"))
     model = seeded_student("DeepNN" if name == "teacher" else "LightNN", 0, 10)
     model = model.to(memory_format=torch.channels_last).train()
-    objective = Objective() if name in ("teacher", "student") else build_objective(name,
-                                                                                   cfg.distill)
+    objective = Objective() if name in ("teacher", "student") else registry.objective(cfg, name)
     folder = repo / "data" / "teacher_targets"
     meta = read_json(folder / "meta.json")
     targets = CachedTargets(folder, objective.needs, torch.device("cpu"), meta) \

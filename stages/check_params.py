@@ -1,14 +1,23 @@
 """Stage `check_params`: validate the whole of params.yaml. It declares the whole file, so any
 change, even to a key no other stage reads (a typo such as `distill.methds`), is checked at the
-next `dvc repro`, failing with one line. Writes the validated params, defaults filled in."""
+next `dvc repro`, failing with one line. Writes the validated params, defaults filled in (each
+method's section validated by its own module), and which teacher outputs the listed methods
+read (stage teacher_targets caches those)."""
 from kdpipe.core.config import as_dict, load_config
 from kdpipe.core.files import write_json
-from kdpipe.core.paths import CHECKED_PARAMS
+from kdpipe.core.paths import CHECKED_PARAMS, TEACHER_NEEDS
+from kdpipe.learn.methods import registry
 from kdpipe.ops.stage import run_stage
 
 
 def main() -> None:
-    write_json(CHECKED_PARAMS, as_dict(load_config()))
+    cfg = load_config()
+    checked = as_dict(cfg)
+    del checked["distill"]["sections"]
+    checked["distill"] |= registry.check_all(cfg)
+    needs = registry.teacher_needs(cfg)
+    write_json(CHECKED_PARAMS, checked)
+    write_json(TEACHER_NEEDS, {"needs": needs})
 
 
 if __name__ == "__main__":

@@ -8,44 +8,50 @@ import sys
 
 import torch
 
-from kdpipe.core.config import load_config, section
+from kdpipe.core.config import as_dict, load_config, section
 from kdpipe.core.paths import PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Prepared
 from kdpipe.learn.checkpoint import load_teacher
-from kdpipe.learn.losses import OBJECTIVES, build_objective
+from kdpipe.learn.methods import registry
 from kdpipe.learn.models import feature_shape
+from kdpipe.learn.objective import FeatureShapes
 from kdpipe.learn.teacher_targets import teacher_source
 from kdpipe.learn.training import ModelSpec, seeded_model, train_model
 from kdpipe.ops.stage import run_stage
 
 
 def main() -> None:
-    method, seed = sys.argv[1], int(sys.argv[2])
+    name, seed = sys.argv[1], int(sys.argv[2])
     cfg = load_config()
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
-    shapes = {}
+    method, settings = registry.method(name), registry.settings(cfg, name)
+    shapes = None
     # Probing and building the objective (the hint regressor) draw on their own RNG, so the
     # student's initial weights and dropout masks stay those of the baseline of this seed.
     with torch.random.fork_rng(devices=[]):
-        if "features" in OBJECTIVES[method].needs:
+        if "features" in method.needs:
             probe = seeded_model(cfg.student, "student", seed, len(prepared.classes),
                                  prepared.image_size)
-            shapes = {"student_shape": feature_shape(probe, prepared.image_size),
-                      "teacher_shape": feature_shape(teacher, prepared.image_size)}
+            shapes = FeatureShapes(feature_shape(probe, prepared.image_size),
+                                   feature_shape(teacher, prepared.image_size))
         torch.manual_seed(seed + 2)
-        objective = build_objective(method, cfg.distill, **shapes)
-    source = teacher_source(cfg.data.augment, teacher, saved, runtime.autocast, TARGETS_DIR,
-                            objective.needs, runtime.device, prepared.digest, cfg.data.views)
+        objective = method.objective(settings, shapes)
+    source = teacher_source(augment=cfg.data.augment, teacher=teacher, teacher_saved=saved,
+                            autocast=runtime.autocast, folder=TARGETS_DIR, needs=objective.needs,
+                            device=runtime.device, data_sha256=prepared.digest,
+                            views=cfg.data.views)
     params = {"seed": seed, **section(cfg, "device", "precision", "threads", "student",
-                                      "teacher.feature_layer", f"distill.{method}",
-                                      "data.augment", "data.views", "data.mean", "data.std")}
-    spec = ModelSpec(method, seed, "student", cfg.student, params)
+                                      "teacher.feature_layer", "data.augment", "data.views",
+                                      "data.mean", "data.std"),
+              f"distill.{name}": as_dict(settings)}
+    spec = ModelSpec(name, seed, "student", cfg.student, params,
+                     description=method.description)
     metrics = train_model(spec, cfg, runtime, objective, prepared, source, saved)
-    print(f"{method} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")
+    print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from kdpipe.analysis.chosen import CHOSEN_FILE
 from kdpipe.core.config import Config, flat, load_config, section
 from kdpipe.core.files import atomic_path, read_json, write_json, write_text
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR
+from kdpipe.core.runtime import resolve_precision
 from kdpipe.data.prepared import Prepared
 from kdpipe.data.sources import balanced_subset
 from kdpipe.export import exporter
@@ -19,11 +20,13 @@ from kdpipe.export.report import log_export, markdown
 from kdpipe.measure.inference import inference_cost
 from kdpipe.ops.stage import run_stage
 
+CPU = torch.device("cpu")  # where a deployment runs the student, and what it is timed on
+
 ONNX_FILE = Path("models/student.onnx")
 EXPORT_REPORT = Path("reports/export.md")
 EXPORT_METRICS = METRICS_DIR / "export.json"
 # What export reads (dvc.yaml declares exactly these).
-EXPORT_KEYS = ("seed", "threads", "data.mean", "data.std", "export")
+EXPORT_KEYS = ("seed", "threads", "precision", "data.mean", "data.std", "export")
 
 
 def size_mb(path: Path) -> float:
@@ -66,8 +69,8 @@ def main() -> None:
     # The model as a deployment loads it (NCHW weights): converted to channels_last, LightNN
     # took ~80 ms instead of ~0.4 ms at batch 1 on the 2-core CPU.
     pytorch = {"test_acc": exporter.accuracy(reference, split.labels),
-               **inference_cost(model, Path(choice["file"]), torch.device("cpu"),
-                                prepared.image_size)}
+               **inference_cost(model, Path(choice["file"]), CPU, prepared.image_size,
+                                bf16=resolve_precision(cfg.precision, CPU) is torch.bfloat16)}
     with atomic_path(ONNX_FILE) as tmp:  # a failed check leaves no ONNX file
         exporter.to_onnx(model, tmp, prepared.image_size)
         fp32 = exporter.session(tmp, threads)

@@ -4,6 +4,7 @@ from kdpipe.core.files import write_json
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR
 from kdpipe.core.runtime import stage_cost
 from kdpipe.data.prepared import prepare
+from kdpipe.data.sources import dataset_uri
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
 
@@ -17,7 +18,7 @@ def main() -> None:
     summary = prepare(cfg.data, cfg.seed, store.repo_root(), PREPARED_DIR)
     params = flat(section(cfg, "seed", *PREPARE_KEYS))
     with store.stage_run(cfg.mlflow.experiment, "prepare", params):
-        store.log_dataset(summary, PREPARED_DIR)
+        store.log_dataset(summary, dataset_uri(cfg.data.source, store.repo_root(), PREPARED_DIR))
         store.log_summary(summary)
         metrics = stage_cost()
         store.log_final(metrics, {})

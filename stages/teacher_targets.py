@@ -1,20 +1,21 @@
 """Stage `teacher_targets`: one pass of the frozen teacher over the training split (over each of
 its data.views views per image), cached for the distill stages: logits, and the feature map at
-teacher.feature_layer where a method of distill.methods needs it. With data.augment the
+teacher.feature_layer where a listed method reads features (data/teacher_needs.json, from
+check_params: adding a method that reads only logits leaves this stage alone). With data.augment the
 distill stages run the teacher live on each augmented batch, so there is nothing to compute:
 the stage then writes only the cache's meta.json, in about a second."""
 import math
 import time
 
 from kdpipe.core.config import load_config, section
-from kdpipe.core.files import folder_mb, write_json
-from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, model_file
+from kdpipe.core.files import folder_mb, read_json, write_json
+from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
 from kdpipe.core.progress import clock, say
 from kdpipe.core.runtime import environment, setup, stage_cost
 from kdpipe.data.prepared import Normalize, Prepared, to_device
+from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
 from kdpipe.learn.checkpoint import load_teacher
-from kdpipe.learn.losses import OBJECTIVES
 from kdpipe.learn.models import feature_shape
 from kdpipe.learn.teacher_targets import check_cache_fits, compute_targets, save_targets
 from kdpipe.ops.stage import run_stage
@@ -34,16 +35,15 @@ def main() -> None:
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
-                     "data.augment", "data.views", "data.mean", "data.std", "distill.methods")
+                     "data.augment", "data.views", "data.mean", "data.std")
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
-    features = teacher.layer is not None and any(
-        "features" in OBJECTIVES[m].needs for m in cfg.distill.methods)
+    features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
     with store.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
-        store.log_dataset(prepared.summary, PREPARED_DIR)
+        store.log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
+                                                        store.repo_root(), PREPARED_DIR))
         store.link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
-        views = Views.make(cfg.seed, len(images), cfg.data.views, runtime.device) \
-            if cfg.data.views else None
+        views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device)
         rows = len(images) * (views.count if views else 1)
         shape = feature_shape(teacher, prepared.image_size) if features else None
         check_cache_fits(rows, len(prepared.classes), shape)

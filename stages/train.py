@@ -13,11 +13,14 @@ from kdpipe.core.paths import PREPARED_DIR
 from kdpipe.core.progress import say
 from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Prepared
-from kdpipe.learn.losses import Objective
+from kdpipe.learn.objective import Objective
 from kdpipe.learn.pretrained import pretrained_weights
 from kdpipe.learn.training import ModelSpec, seeded_model, train_model
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
+
+DESCRIPTIONS = {"teacher": "teacher (cross-entropy)",
+                "student": "baseline student (cross-entropy)"}
 
 
 def main() -> None:
@@ -30,8 +33,10 @@ def main() -> None:
     train = replace(getattr(cfg, name), feature_layer="")
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
               **section(cfg, "device", "precision", "threads", "data.augment", "data.views",
-                        "data.mean", "data.std")}
-    spec = ModelSpec(name, seed, name, train, params)
+                        "data.mean", "data.std"),
+              # The views are params `seed`'s (the same for every model), not the model's seed
+              **({"views_seed": cfg.seed} if cfg.data.views else {})}
+    spec = ModelSpec(name, seed, name, train, params, description=DESCRIPTIONS[name])
     if name == "teacher" and cfg.teacher.pretrained:
         path = store.repo_root() / cfg.teacher.pretrained
         model = seeded_model(train, name, seed, len(prepared.classes), prepared.image_size)

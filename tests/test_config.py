@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from kdpipe.core.config import ConfigError, load_config
+from kdpipe.learn.methods import registry
 from tests.conftest import ROOT
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -15,7 +16,9 @@ def load_with(tmp_path, edit):
     edit(params)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    return load_config(path)
+    cfg = load_config(path)
+    registry.check_all(cfg)  # what stage check_params adds: every method's section validated
+    return cfg
 
 
 def set_key(dotted, value):
@@ -33,7 +36,7 @@ def test_committed_params_reproduce_the_tutorial():
     assert cfg.seed == 42 and cfg.device == "auto" and cfg.data.source == "cifar10"
     assert (cfg.teacher.epochs, cfg.teacher.lr, cfg.teacher.batch_size) == (10, 0.001, 128)
     assert (cfg.student.epochs, cfg.student.lr, cfg.student.batch_size) == (10, 0.001, 128)
-    kd = cfg.distill.kd
+    kd = registry.settings(cfg, "kd")
     assert (kd.temperature, kd.soft_target_weight, kd.ce_weight) == (2.0, 0.25, 0.75)
     assert cfg.data.augment is False
     assert cfg.distill.methods == ["kd", "cosine", "hint"]
@@ -42,7 +45,8 @@ def test_committed_params_reproduce_the_tutorial():
 
 def test_an_integer_is_valid_where_a_float_is_expected(tmp_path):
     cfg = load_with(tmp_path, set_key("distill.kd.temperature", 4))
-    assert cfg.distill.kd.temperature == 4.0 and isinstance(cfg.distill.kd.temperature, float)
+    kd = registry.settings(cfg, "kd")
+    assert kd.temperature == 4.0 and isinstance(kd.temperature, float)
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
@@ -67,9 +71,10 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("data.limit_train", -5, "an integer >= 0"),
     ("student.epochs", True, "an integer >= 1"),
     ("student.schedule", "linear", "constant | cosine"),
-    ("distill.methods", ["kd", "dkk"], "a non-empty list of distinct methods from kd, cosine"),
-    ("distill.methods", [], "a non-empty list of distinct methods"),
-    ("distill.methods", ["kd", "kd"], "a non-empty list of distinct methods"),
+    ("distill.methods", ["kd", "dkk"], "dkk has no section distill.dkk; the methods with a "
+                                       "section are: "),
+    ("distill.methods", [], "a non-empty list of distinct method names"),
+    ("distill.methods", ["kd", "kd"], "a non-empty list of distinct method names"),
     ("distill.dkd.warmup_epochs", -1, "an integer >= 0"),
     ("distill.dist.gamma", -1, "a number >= 0"),
     ("distill.dist.temperature", 0, "a number > 0"),
@@ -98,7 +103,7 @@ def test_a_method_with_every_weight_zero_is_rejected(tmp_path, method, weights):
 
 
 def test_dist_loads_with_the_papers_cifar_values():
-    dist = load_config(ROOT / "params.yaml").distill.dist
+    dist = registry.settings(load_config(ROOT / "params.yaml"), "dist")
     assert (dist.beta, dist.gamma, dist.temperature, dist.ce_weight) == (2.0, 2.0, 4.0, 1.0)
 
 
@@ -107,20 +112,27 @@ def test_lskd_at_its_authors_settings_loads(tmp_path):
     0.9 and says to set `-S distill.lskd.soft_target_weight=9`, which writes an integer."""
     def authors(params):
         params["distill"]["lskd"] = {"temperature": 2, "soft_target_weight": 9, "ce_weight": 0.1}
-    lskd = load_with(tmp_path, authors).distill.lskd
+    lskd = registry.settings(load_with(tmp_path, authors), "lskd")
     assert (lskd.temperature, lskd.soft_target_weight, lskd.ce_weight) == (2.0, 9.0, 0.1)
     assert "-S distill.lskd.soft_target_weight=9" in (ROOT / "params.yaml").read_text()
 
 
 def test_every_method_has_a_params_section_an_objective_and_a_description():
-    from kdpipe.analysis.report import DESCRIPTIONS
-    from kdpipe.core.config import METHODS, DistillConfig
-    from kdpipe.learn.losses import OBJECTIVES
+    assert set(DEFAULTS["distill"]) - {"methods"} == set(registry.names())
+    for name in registry.names():
+        method = registry.method(name)
+        assert dataclasses.is_dataclass(method.settings) and method.description
+        assert set(method.needs) <= {"logits", "features"} and method.needs
 
-    sections = {f.name for f in dataclasses.fields(DistillConfig)} - {"methods"}
-    assert sections == set(OBJECTIVES) == set(METHODS) == set(DESCRIPTIONS) - {"teacher",
-                                                                                "student"}
-    assert set(DEFAULTS["distill"]) - {"methods"} == sections
+
+def test_a_method_nobody_wrote_is_named_with_the_methods_there_are(tmp_path):
+    def extra(params):
+        params["distill"]["kdd"] = {"temperature": 2}
+    with pytest.raises(ConfigError, match=r"^distill\.kdd: no such method; the methods are "
+                                          r"cosine, dist, dkd, hint, kd, lskd"):
+        load_with(tmp_path, extra)
+
+
 
 
 def test_both_weights_zero_is_rejected(tmp_path):

@@ -228,3 +228,18 @@ def test_augment_crops_and_flips_whole_batches():
         windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
     assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+
+
+def test_one_reading_of_data_source_expands_home_and_takes_relative_paths_from_the_root(
+        tmp_path, monkeypatch):
+    from kdpipe.data.sources import TORCHVISION_CIFAR10_URL, dataset_uri, local_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root, prepared = tmp_path / "repo", tmp_path / "repo" / "data" / "prepared"
+    assert local_path("~/cifar.tar.gz", root) == tmp_path / "home" / "cifar.tar.gz"
+    assert local_path("../shared/cifar.tar.gz", root) == tmp_path / "shared" / "cifar.tar.gz"
+    assert local_path("synthetic", root) is None
+    assert dataset_uri("~/cifar.tar.gz", root, prepared) == \
+        (tmp_path / "home" / "cifar.tar.gz").as_uri()  # MLflow's record names the real file
+    assert dataset_uri("synthetic", root, prepared) == prepared.as_uri()
+    assert dataset_uri("cifar10", root, prepared) == TORCHVISION_CIFAR10_URL

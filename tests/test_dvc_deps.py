@@ -46,6 +46,14 @@ def stage_entries():
         yield name, body
 
 
+# The methods, imported by name (kdpipe.learn.methods.registry): a stage that loads one method
+# declares that method's module (the distill matrix: ${item.method}), one that loads them all
+# declares their folder (a new method's module is then a dep without editing dvc.yaml).
+METHODS = "src/kdpipe/learn/methods"
+ONE_METHOD = METHODS + "/${item.method}.py"
+REGISTRY = METHODS + "/registry.py"
+
+
 @pytest.mark.parametrize("name, stage", list(stage_entries()),
                          ids=[name for name, _ in stage_entries()])
 def test_stage_deps_are_exactly_the_modules_it_imports(name, stage):
@@ -53,7 +61,27 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name, stage):
     deps = set(stage["deps"])
     assert script in deps, f"{name}: its script {script} is not a dep"
     declared = {d for d in deps if d.startswith("src/")}
-    assert declared == module_closure(ROOT / script), name
+    imported = module_closure(ROOT / script)
+    if REGISTRY in imported:
+        assert (ONE_METHOD in declared) != (METHODS in declared), \
+            f"{name} loads methods by name: declare {ONE_METHOD} or {METHODS}"
+        covered = METHODS if METHODS in declared else None
+        declared -= {ONE_METHOD, METHODS}
+        if covered:  # the folder stands for every module in it
+            imported = {m for m in imported if not m.startswith(covered + "/")}
+            declared = {d for d in declared if not d.startswith(covered + "/")}
+    assert declared == imported, name
+
+
+def test_a_method_module_imports_only_what_every_distill_stage_declares():
+    """A distill stage declares its own method's module and the modules its script imports: so
+    a method may import shared modules, never another method (lskd's soft-target term lives in
+    learn/objective.py, not in kd.py)."""
+    shared = module_closure(ROOT / "stages" / "distill.py")
+    for path in sorted((ROOT / METHODS).glob("*.py")):
+        if path.name not in ("__init__.py", "registry.py"):
+            closure = module_closure(path)
+            assert closure <= shared, f"{path.name} imports {closure - shared}"
 
 
 def test_every_cmd_runs_the_workspace_src_through_the_launcher():

@@ -6,24 +6,13 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr
 
-from kdpipe.core.config import CosineConfig, DISTConfig, DKDConfig, HintConfig, KDConfig, LSKDConfig
-from kdpipe.learn.losses import (
-    DIST,
-    CosineHidden,
-    DecoupledKD,
-    HintRegressor,
-    Objective,
-    SoftTargetKD,
-    StandardizedKD,
-    TeacherOutputs,
-    cosine_hidden_loss,
-    decoupled_kd_terms,
-    dist_terms,
-    matched_maps,
-    pool_to,
-    soft_target_loss,
-    standardized,
-)
+from kdpipe.learn.methods.cosine import CosineConfig, CosineHidden, cosine_hidden_loss, pool_to
+from kdpipe.learn.methods.dist import DIST, DISTConfig, dist_terms
+from kdpipe.learn.methods.dkd import DecoupledKD, DKDConfig, decoupled_kd_terms
+from kdpipe.learn.methods.hint import HintConfig, HintRegressor, matched_maps
+from kdpipe.learn.methods.kd import KDConfig, SoftTargetKD
+from kdpipe.learn.methods.lskd import LSKDConfig, StandardizedKD, standardized
+from kdpipe.learn.objective import FeatureShapes, Objective, TeacherOutputs, soft_target_loss
 
 
 def test_kd_loss_is_zero_for_identical_logits():
@@ -80,8 +69,8 @@ def test_cosine_pools_whichever_representation_is_longer():
     ((8, 2, 2), (64, 8, 8), (64, 2, 2)),      # the teacher's larger map pooled to the student's
 ])
 def test_hint_maps_channels_and_matches_spatial_size(student_shape, teacher_shape, out):
-    hint = HintRegressor(HintConfig(feature_weight=1.0, ce_weight=0.0), student_shape,
-                         teacher_shape)
+    hint = HintRegressor(HintConfig(feature_weight=1.0, ce_weight=0.0),
+                         FeatureShapes(student_shape, teacher_shape))
     features = torch.randn(2, *student_shape)
     mapped, target = matched_maps(hint.regressor(features), torch.randn(2, *teacher_shape))
     assert mapped.shape == target.shape == (2, *out)
@@ -94,7 +83,7 @@ def test_hint_needs_feature_maps_and_says_which_layer():
     from kdpipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^teacher.feature_layer: hint needs a feature map"):
-        HintRegressor(HintConfig(1.0, 0.0), (16, 8, 8), (512,))
+        HintRegressor(HintConfig(1.0, 0.0), FeatureShapes((16, 8, 8), (512,)))
 
 
 def test_objectives_combine_weights_as_configured():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kdpipe.learn.losses import STUDENT_FEATURES, TEACHER_FEATURES
 from kdpipe.learn.models import DeepNN, LightNN, Tapped, count_params
+from kdpipe.learn.objective import FeatureShapes
 
 
 def test_param_counts_match_the_tutorial():
@@ -13,7 +13,7 @@ def test_param_counts_match_the_tutorial():
 
 def test_forward_with_features_shapes():
     x = torch.randn(4, 3, 32, 32)
-    for model, shape in ((DeepNN(), TEACHER_FEATURES), (LightNN(), STUDENT_FEATURES)):
+    for model, shape in ((DeepNN(), FeatureShapes().teacher), (LightNN(), FeatureShapes().student)):
         logits, fmap = Tapped(model, "features").eval().forward_with_features(x)
         assert logits.shape == (4, 10)
         assert fmap.shape == (4, *shape)
@@ -21,8 +21,8 @@ def test_forward_with_features_shapes():
 
 
 def test_flattened_feature_sizes_are_2048_and_1024():
-    assert torch.Size(TEACHER_FEATURES).numel() == 2048
-    assert torch.Size(STUDENT_FEATURES).numel() == 1024
+    assert torch.Size(FeatureShapes().teacher).numel() == 2048
+    assert torch.Size(FeatureShapes().student).numel() == 1024
 
 
 def test_inference_cost_is_measured_and_the_student_is_cheaper(tmp_path):

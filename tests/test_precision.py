@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from kdpipe.core import runtime
-from kdpipe.core.config import KDConfig, TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.core.runtime import Runtime, resolve_precision
 from kdpipe.learn.loop import fit
-from kdpipe.learn.losses import Objective, SoftTargetKD, TeacherOutputs
+from kdpipe.learn.methods.kd import KDConfig, SoftTargetKD
 from kdpipe.learn.models import DeepNN, Tapped
+from kdpipe.learn.objective import Objective, TeacherOutputs
 from kdpipe.learn.teacher_targets import CachedTargets, compute_targets, save_targets
 from kdpipe.learn.training import seeded_student
 from kdpipe.measure import inference
@@ -22,7 +23,7 @@ TWO_EPOCHS = TrainConfig(2, 1e-3, 32)
 
 @pytest.mark.parametrize("flags, precision, expected", [
     ({"avx2", "amx_bf16", "amx_tile"}, "auto", torch.bfloat16),  # AMX: bf16 in hardware
-    ({"avx2", "avx512_bf16"}, "auto", None),  # no speed-up measured without AMX
+    ({"avx2", "avx512f", "avx512_bf16"}, "auto", torch.bfloat16),  # AVX-512 BF16, no AMX
     ({"avx2"}, "auto", None),
     ({"avx2", "amx_bf16"}, "fp32", None),
     ({"avx2"}, "bf16", torch.bfloat16),  # asked for: emulated, and said so
@@ -31,7 +32,17 @@ def test_precision_resolves_from_the_cpu_flags(monkeypatch, capsys, flags, preci
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     assert resolve_precision(precision, CPU) is expected
     emulated = "emulated, slower than fp32" in capsys.readouterr().out
-    assert emulated == (precision == "bf16" and "amx_bf16" not in flags)
+    assert emulated == (precision == "bf16" and not flags & {"amx_bf16", "avx512_bf16"})
+
+
+@pytest.mark.parametrize("flags, rule", [
+    ({"avx2", "amx_bf16", "avx512_bf16"}, "CPU flag amx_bf16"),
+    ({"avx512f", "avx512_bf16"}, "CPU flag avx512_bf16"),
+    ({"avx2", "avx512f"}, None),
+])
+def test_the_bf16_rule_names_the_flag_that_decided(monkeypatch, flags, rule):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    assert runtime.bf16_rule(CPU) == rule
 
 
 def test_cpu_flags_are_read_from_the_machine():
@@ -102,13 +113,11 @@ def test_a_live_teacher_and_its_cache_agree_in_bf16(tiny_data):
     assert isinstance(live, TeacherOutputs) and torch.equal(live.logits, logits)
 
 
-def test_inference_cost_reports_bf16_only_where_it_is_native(tmp_path, monkeypatch):
+def test_inference_cost_reports_bf16_only_where_the_stage_runs_in_it(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"x" * 1024)
     model = seeded_student("LightNN", 0, 10).model
-    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
     assert set(inference.inference_cost(model, path, CPU)) == {
         "size_mb", "inference_ms_batch1", "inference_images_per_second"}
-    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
-    cost = inference.inference_cost(model, path, CPU)
+    cost = inference.inference_cost(model, path, CPU, bf16=True)
     assert cost["inference_images_per_second_bf16"] > 0 and cost["inference_ms_batch1_bf16"] > 0

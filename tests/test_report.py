@@ -49,7 +49,7 @@ def test_gains_are_paired_per_seed_and_aggregates_per_model():
     comparison = collect(records())
     kd_gain = comparison["gains"]["kd"]
     assert kd_gain["diffs"] == pytest.approx([1.0, 1.0, 1.0])
-    assert kd_gain["p_value"] == 0.0 and kd_gain["verdict"] == "beats the baseline"
+    assert kd_gain["p_value"] == 0.0 and kd_gain["verdict"] == "gain"
     student = comparison["models"]["student"]
     assert student["test_acc"] == pytest.approx(59.0) and student["val_acc"] == 60.0
     assert student["test_acc_per_seed"] == {"1": 59.0, "2": 60.0, "3": 58.0}
@@ -84,10 +84,19 @@ def test_verdicts_are_holm_adjusted_over_the_methods_compared():
     gains = collect(runs)["gains"]
     assert gains["cosine"]["p_value"] == pytest.approx(0.0060, abs=1e-4)
     assert gains["cosine"]["p_holm"] == pytest.approx(0.0180, abs=1e-4)
-    assert gains["cosine"]["verdict"] == "beats the baseline"
+    assert gains["cosine"]["verdict"] == "gain"
     assert gains["kd"]["p_value"] == pytest.approx(0.0339, abs=1e-4)
     assert gains["kd"]["p_holm"] == pytest.approx(0.0678, abs=1e-4)
-    assert gains["kd"]["verdict"] == "within noise"
+    assert gains["kd"]["verdict"] == "noise"
     assert gains["hint"]["p_holm"] == pytest.approx(gains["hint"]["p_value"], abs=1e-4)
     report = markdown(collect(runs))
     assert "| p | p (Holm) | verdict |" in report and "Holm-adjusted over 3 method(s)" in report
+
+
+def test_a_markdown_table_aligns_numbers_right_and_refuses_a_ragged_row():
+    from kdpipe.core.markdown import table
+
+    assert table(["model", "acc %"], [["kd", "70.10"], ["student", "69.00"]], "lr") == [
+        "| model | acc % |", "|---|---:|", "| kd | 70.10 |", "| student | 69.00 |"]
+    with pytest.raises(ValueError, match="a table of 2 columns"):
+        table(["model", "acc %"], [["kd"]], "lr")

@@ -25,12 +25,13 @@ STUDENTS = ["train_student@42", "distill@kd-42", "distill@cosine-42", "distill@h
 
 # params key -> (a new valid value, the stages that read it besides check_params)
 READERS = {
-    "seed": (7, ["prepare", "train_teacher", "teacher_targets", "distill@kd-42",
-                 "distill@cosine-42", "distill@hint-42", "compare", "export"]),
+    # train_student: with data.views the views are params `seed`'s
+    "seed": (7, ["prepare", "train_teacher", "teacher_targets", "train_student@42",
+                 "distill@kd-42", "distill@cosine-42", "distill@hint-42", "compare", "export"]),
     "seeds": ([42, 43], ["compare", "train_student@43", "distill@kd-43", "distill@cosine-43",
                          "distill@hint-43"]),
     "device": ("cpu", [*TRAINING, "teacher_targets"]),
-    "precision": ("bf16", [*TRAINING, "teacher_targets"]),
+    "precision": ("bf16", [*TRAINING, "teacher_targets", "export"]),  # export times bf16 too
     "threads": (1, [*TRAINING, "teacher_targets", "export"]),
     "compile": (True, []),  # a speed switch: changes no result
     "data.source": ("elsewhere.tar.gz", ["prepare"]),
@@ -59,7 +60,7 @@ READERS = {
     "student.batch_size": (64, STUDENTS),
     "student.schedule": ("cosine", STUDENTS),
     "student.arch": ("resnet18", STUDENTS),
-    "student.code": ("src/kdpipe/learn/losses.py", [*STUDENTS, "export"]),  # export rebuilds it
+    "student.code": ("src/kdpipe/learn/loop.py", [*STUDENTS, "export"]),  # export rebuilds it
     "student.feature_layer": ("features.3", ["distill@kd-42", "distill@cosine-42",
                                              "distill@hint-42"]),
     "student.warmup_epochs": (1, STUDENTS),
@@ -70,9 +71,9 @@ READERS = {
     "distill.cosine.ce_weight": (0.5, ["distill@cosine-42"]),
     "distill.hint.feature_weight": (0.5, ["distill@hint-42"]),
     "distill.hint.ce_weight": (0.5, ["distill@hint-42"]),
-    # teacher_targets caches features only if a listed method needs them
-    "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42",
-                                                          "teacher_targets"]),
+    # teacher_targets caches features only if a listed method reads them: it depends on that
+    # need (data/teacher_needs.json from check_params), not on the list
+    "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42"]),
     # no dkd, lskd or dist stage runs in the quick pipeline: their params rerun nothing there
     "distill.dkd.alpha": (2.0, []),
     "distill.dkd.beta": (4.0, []),
@@ -162,15 +163,28 @@ def test_adding_a_method_runs_only_its_stages_and_compare(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
     before = chosen_student(repo)
     edit_params(repo, {"distill": {"methods": ["kd", "cosine", "hint", "dkd", "lskd"]}})
-    # teacher_targets reads the list (it caches features only if a method needs them); its
-    # cache comes out the same, so no other method's stage reruns
+    # dkd and lskd read only logits: the teacher outputs the methods need are unchanged, so the
+    # teacher pass does not rerun, nor does any other method's stage
     assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted([
-        "check_params", "compare", "distill@dkd-42", "distill@lskd-42", "teacher_targets",
+        "check_params", "compare", "distill@dkd-42", "distill@lskd-42",
         *and_export(before, repo)])
     models = read_json(repo / "metrics" / "models.json")
     assert sorted(models) == ["cosine", "dkd", "hint", "kd", "lskd", "student", "teacher"]
     assert {"dkd", "lskd"} <= set(read_json(repo / "metrics" / "comparison.json"))
     assert "| **lskd**" in (repo / "reports" / "comparison.md").read_text()
+
+
+def test_the_teacher_pass_follows_what_the_methods_read_not_the_list(built, tmp_path):
+    """Without cosine and hint no listed method reads features: the cache drops them (the
+    teacher pass reruns, and with the cache the distill stages that read it)."""
+    repo = clone(built, tmp_path / "repo")
+    before = chosen_student(repo)
+    edit_params(repo, {"distill": {"methods": ["kd"]}})
+    assert sorted(ran_stages(sh(["dvc", "repro"], repo))) == sorted([
+        "check_params", "teacher_targets", "distill@kd-42", "compare",
+        *and_export(before, repo)])
+    assert read_json(repo / "data" / "teacher_needs.json") == {"needs": ["logits"]}
+    assert not (repo / "data" / "teacher_targets" / "features.npy").exists()
 
 
 def test_export_reruns_only_when_the_chosen_model_changes(built, tmp_path):
@@ -188,14 +202,25 @@ def test_export_reruns_only_when_the_chosen_model_changes(built, tmp_path):
 def test_a_code_change_reruns_the_stages_that_import_it(built, tmp_path):
     repo = clone(built, tmp_path / "repo")
     for launcher in ("launch.py", "warm.py"):  # starts stages, computes nothing: reruns nothing
-        with open(repo / "src" / "kdpipe" / "ops" / launcher, "a") as f:
-            f.write("\n# a launcher-only change\n")
-    with open(repo / "src" / "kdpipe" / "analysis" / "report.py", "a") as f:
-        f.write("\n# a report-only change\n")
-    with open(repo / "stages" / "distill.py", "a") as f:
-        f.write("\n# a distill-only change\n")
+        append(repo / "src" / "kdpipe" / "ops" / launcher, "\n# a launcher-only change\n")
+    append(repo / "src" / "kdpipe" / "analysis" / "report.py", "\n# a report-only change\n")
+    append(repo / "stages" / "distill.py", "\n# a distill-only change\n")
     assert stale_stages(repo) == ["compare", "distill@cosine-42", "distill@hint-42",
                                   "distill@kd-42"]
+
+
+def test_a_method_module_change_reruns_that_method_and_check_params(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    append(repo / "src" / "kdpipe" / "learn" / "methods" / "hint.py", "\n# a hint-only change\n")
+    append(repo / "src" / "kdpipe" / "learn" / "methods" / "dkd.py", "\n# not a listed method\n")
+    assert stale_stages(repo) == ["check_params", "distill@hint-42"]
+
+
+def append(path, text: str) -> None:
+    """Append to a file that must exist (a renamed module must not pass as a new file)."""
+    assert path.is_file(), path
+    with open(path, "a") as f:
+        f.write(text)
 
 
 @pytest.mark.parametrize("typo", [{"distill": {"methds": ["kd"]}}, {"data": {"augmnt": True}}])

@@ -24,13 +24,13 @@ def test_paired_gain_is_a_paired_t_test_on_per_seed_differences():
     assert gain["diffs"] == pytest.approx([0.5, 1.1, 0.4, 0.6])
     assert gain["mean"] == pytest.approx(0.65)
     assert gain["p_value"] == pytest.approx(scipy_stats.ttest_rel(method, baseline).pvalue)
-    assert verdict(gain) == "beats the baseline"
+    assert verdict(gain) == "gain"
 
 
 def test_verdicts():
-    assert verdict(paired_gain([70.0, 71.0, 69.0], [70.5, 69.5, 70.0])) == "within noise"
-    assert verdict(paired_gain([60.0, 61.0, 60.5], [70.0, 70.2, 70.9])) == "worse than the baseline"
-    assert verdict(paired_gain([71.0], [70.0])) == "one seed: no test"
+    assert verdict(paired_gain([70.0, 71.0, 69.0], [70.5, 69.5, 70.0])) == "noise"
+    assert verdict(paired_gain([60.0, 61.0, 60.5], [70.0, 70.2, 70.9])) == "loss"
+    assert verdict(paired_gain([71.0], [70.0])) == "no test"
     assert paired_gain([71.0, 72.0], [70.0, 71.0])["p_value"] == 0.0  # identical gains
 
 

@@ -15,8 +15,8 @@ from kdpipe.analysis.sweep import (
     figure_label,
     markdown,
     trained_models,
-    verdict,
 )
+from kdpipe.measure.stats import verdict
 from tests.project import clean_env, clone, edit_params, read_json, sh
 
 SEEDS = ("1", "2", "3", "4")
@@ -71,13 +71,13 @@ def test_the_best_setting_is_chosen_on_validation_and_tested_once():
     assert (chosen.model, chosen.setting["distill.kd.temperature"]) == ("kd", 4)
     same, best = result["chosen"]["val_vs_same"], result["chosen"]["val_vs_best"]
     assert same["mean"] == pytest.approx(3.05) and best["mean"] == pytest.approx(1.05)
-    assert verdict(same) == "gain"  # survives Holm over the 5 distilled settings
+    assert verdict(same, "p_holm") == "gain"  # survives Holm over the 5 distilled settings
     assert result["test"]["vs_same"]["mean"] == pytest.approx(11.0)
     assert result["test"]["vs_best"]["mean"] == pytest.approx(9.0)
     ps = [r["val_vs_same"]["p_value"] for r in result["rows"]]
     assert all(r["val_vs_same"]["p_holm"] >= p for r, p in zip(result["rows"], ps))
     t1 = next(r for r in result["rows"] if r["trained"].setting.get("distill.kd.temperature") == 1)
-    assert verdict(t1["val_vs_same"]) == "noise"
+    assert verdict(t1["val_vs_same"], "p_holm") == "noise"
 
 
 def test_the_report_names_the_choice_and_calls_noise_noise():

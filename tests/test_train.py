@@ -3,12 +3,15 @@ import math
 import pytest
 import torch
 
-from kdpipe.core.config import DKDConfig, HintConfig, KDConfig, TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.core.errors import DivergedError
 from kdpipe.learn.checkpoint import Checkpoint
 from kdpipe.learn.loop import fit
-from kdpipe.learn.losses import DecoupledKD, HintRegressor, Objective, SoftTargetKD
+from kdpipe.learn.methods.dkd import DecoupledKD, DKDConfig
+from kdpipe.learn.methods.hint import HintConfig, HintRegressor
+from kdpipe.learn.methods.kd import KDConfig, SoftTargetKD
 from kdpipe.learn.models import DeepNN, LightNN, Tapped
+from kdpipe.learn.objective import Objective
 from kdpipe.learn.teacher_targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.learn.training import seeded_student
 from tests.conftest import weights
@@ -124,7 +127,7 @@ def test_a_checkpoint_holds_only_cpu_tensors(tmp_path):
 
 
 def test_learning_rate_schedules():
-    from kdpipe.learn.loop import lr_schedule
+    from kdpipe.learn.state import lr_schedule
 
     def rates(schedule: str, warmup: int) -> list[float]:
         optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -175,7 +178,7 @@ def test_teacher_gets_no_gradient_and_stays_unchanged(tiny_data, cpu):
 @pytest.mark.parametrize("method", ["kd", "cosine", "hint", "dkd", "lskd", "dist"])
 def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp_path, method):
     from kdpipe.core.config import load_config
-    from kdpipe.learn.losses import build_objective
+    from kdpipe.learn.methods import registry
     from tests.conftest import ROOT
 
     torch.manual_seed(0)
@@ -183,8 +186,7 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
     logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
                                        cpu.autocast)
     save_targets(tmp_path / "targets", META, logits, features)
-    distill = load_config(ROOT / "params.yaml").distill
-    objective = build_objective(method, distill)
+    objective = registry.objective(load_config(ROOT / "params.yaml"), method)
     cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, META)
     live = LiveTeacher(teacher, cpu.autocast)
     idx = torch.tensor([5, 17, 3, 190, 42])
@@ -219,10 +221,11 @@ def test_augmentation_switches_distillation_to_the_live_teacher(tiny_data, cpu, 
 
     teacher = tapped(DeepNN())
     save_targets(tmp_path / "t", META, torch.zeros(200, 10), torch.zeros(200, 32, 8, 8))
-    args = (teacher, {"mlflow_run_id": "t"}, cpu.autocast, tmp_path / "t", ("logits",),
-            cpu.device, "d", 0)
-    assert isinstance(teacher_source(False, *args), CachedTargets)
-    live = teacher_source(True, *args)
+    args = {"teacher": teacher, "teacher_saved": {"mlflow_run_id": "t"},
+            "autocast": cpu.autocast, "folder": tmp_path / "t", "needs": ("logits",),
+            "device": cpu.device, "data_sha256": "d", "views": 0}
+    assert isinstance(teacher_source(augment=False, **args), CachedTargets)
+    live = teacher_source(augment=True, **args)
     assert isinstance(live, LiveTeacher)
     # Live outputs follow the (augmented) batch; cached ones follow only the sample index.
     idx = torch.arange(4)

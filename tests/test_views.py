@@ -4,12 +4,13 @@ epoch, with the teacher's output on exactly that view."""
 import pytest
 import torch
 
-from kdpipe.core.config import KDConfig, TrainConfig
+from kdpipe.core.config import TrainConfig
 from kdpipe.data.prepared import PAD
 from kdpipe.data.views import Views
 from kdpipe.learn.loop import fit
-from kdpipe.learn.losses import Objective, SoftTargetKD, TeacherOutputs
+from kdpipe.learn.methods.kd import KDConfig, SoftTargetKD
 from kdpipe.learn.models import DeepNN, Tapped
+from kdpipe.learn.objective import Objective, TeacherOutputs
 from kdpipe.learn.teacher_targets import CachedTargets, LiveTeacher, compute_targets, save_targets
 from kdpipe.learn.training import seeded_student
 from tests.conftest import weights

@@ -8,20 +8,11 @@ import numpy as np
 import torch
 
 from kdpipe.core.files import read_json
+from kdpipe.core.markdown import table
 from kdpipe.core.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.measure.fidelity import FIDELITY_KEYS, to_teacher
 from kdpipe.measure.stats import holm, paired_gain, summarize, verdict
 
-DESCRIPTIONS = {  # model name -> what it is
-    "teacher": "teacher (cross-entropy)",
-    "student": "baseline student (cross-entropy)",
-    "kd": "soft-target KD",
-    "cosine": "cosine loss on hidden representation",
-    "hint": "FitNets hint (regressor + MSE)",
-    "dkd": "decoupled KD (TCKD + NCKD)",
-    "lskd": "KD on standardised logits",
-    "dist": "DIST (correlations of the softened outputs)",
-}
 COST_KEYS = ("num_params", "size_mb", "inference_ms_batch1", "inference_images_per_second",
              "train_seconds", "train_images_per_second", "wall_seconds", "peak_rss_mb")
 BF16_KEYS = ("inference_ms_batch1_bf16", "inference_images_per_second_bf16")  # native bf16 only
@@ -46,7 +37,8 @@ def load_logits(name: str, seed: int) -> torch.Tensor:
 def aggregate(runs: list[dict]) -> dict:
     """One model's metrics over its seeds: accuracies as mean, std, CI and per-seed values;
     costs as means."""
-    out: dict = {"seeds": [r["seed"] for r in runs]}
+    out: dict = {"seeds": [r["seed"] for r in runs],
+                 "description": runs[0].get("description", "")}  # what the training stage ran
     for key in ("test_acc", "val_acc", *FIDELITY_KEYS):
         if key in runs[0]:
             values = [r[key] for r in runs]
@@ -100,20 +92,21 @@ def markdown(comparison: dict) -> str:
     seeds, teacher_seed = models["student"]["seeds"], models["teacher"]["seeds"][0]
     lines = ["# Knowledge distillation: comparison", "",
              f"Students: {len(seeds)} seed(s) {seeds}; teacher: seed {teacher_seed}. Accuracy: "
-             "mean ± 95% CI half-width (t-distribution) over seeds, test split.", "",
-             "| model | params | test acc % | gain vs student (pp) | p | p (Holm) | verdict "
-             "| size MB | latency ms (batch 1) | img/s (batch 256) | speed-up vs teacher "
-             "| train s | stage wall s |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 6]
+             "mean ± 95% CI half-width (t-distribution) over seeds, test split.", ""]
+    rows = []
     for name, row in models.items():
-        label, gain = DESCRIPTIONS[name], gains.get(name)
+        gain = gains.get(name)
         gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"), _p(gain["p_value"]),
                        _p(gain["p_holm"]), gain["verdict"]] if gain else ["", "", "", ""])
-        lines.append(" | ".join([
-            f"| **{name}**: {label}", f"{row['num_params']:,.0f}",
+        rows.append([
+            f"**{name}**: {row['description']}", f"{row['num_params']:,.0f}",
             _pm(row["test_acc"], row["test_acc_ci95"]),
             *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
             f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
-            f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"]) + " |")
+            f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"])
+    lines += table(["model", "params", "test acc %", "gain vs student (pp)", "p", "p (Holm)",
+                    "verdict", "size MB", "latency ms (batch 1)", "img/s (batch 256)",
+                    "speed-up vs teacher", "train s", "stage wall s"], rows, "lrrrrrlrrrrrr")
     lines += fidelity_lines(models) + bf16_lines(models)
     best, choose_by = comparison["best_student"], comparison["choose_by"]
     lines += ["", f"Chosen by mean `{choose_by}`: **{best}**; its seed {comparison['best_seed']}"
@@ -124,7 +117,7 @@ def markdown(comparison: dict) -> str:
                   "test accuracy it reports, which makes that accuracy optimistic. Set "
                   "`data.val_fraction` > 0 to choose on validation and measure test once.", ""]
     for method, gain in gains.items():
-        lines.append(f"- **{method}** {gain['verdict']}: {gain['mean']:+.2f} pp"
+        lines.append(f"- **{method}**: {gain['verdict']}, {gain['mean']:+.2f} pp"
                      + (f" (95% CI ± {gain['ci95']:.2f}, paired t-test p = "
                         f"{gain['p_value']:.3f}, Holm-adjusted over {len(gains)} method(s) "
                         f"p = {gain['p_holm']:.3f})" if gain["p_value"] is not None else ""))
@@ -141,13 +134,11 @@ def markdown(comparison: dict) -> str:
 
 def fidelity_lines(models: dict) -> list[str]:
     """Fidelity on test (kdpipe.measure.fidelity), mean ± 95% CI over seeds."""
-    lines = ["", "Fidelity on test: top-1 agreement with the teacher, KL(teacher ‖ model) at "
-             "T = 1, expected calibration error (15 bins).", "",
-             "| model | agreement % | KL (nats) | ECE % |", "|---|---:|---:|---:|"]
-    for name, row in models.items():
-        cells = [_pm(row[k], row[f"{k}_ci95"]) if k in row else "–" for k in FIDELITY_KEYS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    rows = [[name, *(_pm(row[k], row[f"{k}_ci95"]) if k in row else "–" for k in FIDELITY_KEYS)]
+            for name, row in models.items()]
+    return ["", "Fidelity on test: top-1 agreement with the teacher, KL(teacher ‖ model) at "
+            "T = 1, expected calibration error (15 bins).", "",
+            *table(["model", "agreement %", "KL (nats)", "ECE %"], rows, "lrrr")]
 
 
 def bf16_lines(models: dict) -> list[str]:

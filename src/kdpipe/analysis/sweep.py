@@ -30,8 +30,9 @@ from pathlib import Path
 
 from kdpipe.core.config import flat
 from kdpipe.core.files import write_json, write_text, write_with
+from kdpipe.core.markdown import table
 from kdpipe.measure.fidelity import FIDELITY_KEYS
-from kdpipe.measure.stats import ALPHA, holm, paired_gain
+from kdpipe.measure.stats import holm, paired_gain, verdict
 
 # must match across a sweep
 COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
@@ -174,14 +175,6 @@ def analyse(models: list[Setting]) -> dict:
             "test": test}
 
 
-def verdict(gain: dict | None, p_key: str = "p_holm") -> str:
-    if not gain or gain.get(p_key) is None:
-        return "no test"
-    if gain[p_key] < ALPHA:
-        return "gain" if gain["mean"] > 0 else "loss"
-    return "noise"
-
-
 def differing_keys(models: list[Setting]) -> list[str]:
     """The params the sweep varied: keys with more than one value among the settings that
     have them."""
@@ -204,12 +197,13 @@ def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
     return textwrap.fill(f"{m.model}: {setting}", width)
 
 
-def _gain(g: dict | None, p_key: str = "p_holm") -> str:
+def _gain(g: dict | None, p_key: str = "p_holm") -> list[str]:
+    """Three cells: mean ± CI, p, verdict."""
     if not g:
-        return "– | – | –"
+        return ["–", "–", "–"]
     ci = f" ± {g['ci95']:.2f}" if g["ci95"] is not None else ""
     p = "–" if g.get(p_key) is None else f"{g[p_key]:.3f}"
-    return f"{g['mean']:+.2f}{ci} | {p} | {verdict(g, p_key)}"
+    return [f"{g['mean']:+.2f}{ci}", p, verdict(g, p_key)]
 
 
 def markdown(result: dict, keys: list[str], left_out: int) -> str:
@@ -225,21 +219,19 @@ def markdown(result: dict, keys: list[str], left_out: int) -> str:
     if left_out:
         lines += [f"({left_out} experiment(s) on other data, teacher or seed settings left out: "
                   "their scores do not compare.)", ""]
-    lines += ["| method | setting | val acc % | val gain vs same-recipe baseline | p (Holm) "
-              "| verdict | val gain vs best baseline | p (Holm) | verdict |",
-              "|---|---|---:|---:|---:|---|---:|---:|---|"]
-    for r in rows:
-        m = r["trained"]
-        lines.append(f"| {m.model} | {describe(m, keys)} | {m.mean_val():.2f} | "
-                     f"{_gain(r['val_vs_same'])} | {_gain(r['val_vs_best'])} |")
+    lines += table(["method", "setting", "val acc %", "val gain vs same-recipe baseline",
+                    "p (Holm)", "verdict", "val gain vs best baseline", "p (Holm)", "verdict"],
+                   [[r["trained"].model, describe(r["trained"], keys),
+                     f"{r['trained'].mean_val():.2f}", *_gain(r["val_vs_same"]),
+                     *_gain(r["val_vs_best"])] for r in rows], "llrrrlrrl")
     chosen, test = result["chosen"], result["test"]
     if chosen:
         m = chosen["trained"]
         lines += ["", f"**Chosen on validation: {m.model}, {describe(m, keys)}.** Its test "
                   "gains, measured once (not adjusted: one confirmatory test each):", "",
-                  "| test gain vs | mean ± CI (pp) | p | verdict |", "|---|---:|---:|---|",
-                  f"| the same-recipe baseline | {_gain(test['vs_same'], 'p_value')} |",
-                  f"| the best baseline | {_gain(test['vs_best'], 'p_value')} |"]
+                  *table(["test gain vs", "mean ± CI (pp)", "p", "verdict"],
+                         [["the same-recipe baseline", *_gain(test["vs_same"], "p_value")],
+                          ["the best baseline", *_gain(test["vs_best"], "p_value")]], "lrrl")]
         lines += fidelity_table({"chosen setting": m, "best baseline": best})
     return "\n".join(lines) + "\n"
 
@@ -249,13 +241,10 @@ def fidelity_table(settings: dict[str, Setting]) -> list[str]:
     have it."""
     if not all(m.fidelity for m in settings.values()):
         return []
-    lines = ["", "| fidelity on test | agreement with teacher % | KL(teacher ‖ model) nats "
-             "| ECE % |", "|---|---:|---:|---:|"]
-    for label, m in settings.items():
-        f = m.fidelity
-        lines.append(f"| {label} | {f['agreement']:.2f} | {f['kl_to_teacher']:.3f} | "
-                     f"{f['test_ece']:.2f} |")
-    return lines
+    rows = [[label, f"{m.fidelity['agreement']:.2f}", f"{m.fidelity['kl_to_teacher']:.3f}",
+             f"{m.fidelity['test_ece']:.2f}"] for label, m in settings.items()]
+    return ["", *table(["fidelity on test", "agreement with teacher %",
+                        "KL(teacher ‖ model) nats", "ECE %"], rows, "lrrr")]
 
 
 def figure(result: dict, keys: list[str], path: Path) -> None:
@@ -268,7 +257,7 @@ def figure(result: dict, keys: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.5))  # inches; labels wrap to 2 lines
     for y, r in enumerate(rows):
         g = r["val_vs_best"]
-        color = {"gain": "tab:green", "loss": "tab:red"}.get(verdict(g), "grey")
+        color = {"gain": "tab:green", "loss": "tab:red"}.get(verdict(g, "p_holm"), "grey")
         ax.errorbar(g["mean"], y, xerr=g["ci95"] or 0, fmt="o", color=color, capsize=4)
     test = result["test"]
     if test:

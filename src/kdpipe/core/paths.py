@@ -10,6 +10,9 @@ PLOTS_DIR = Path("plots")
 PREDICTIONS_DIR = Path("predictions")
 REPORT = Path("reports/comparison.md")
 CHECKED_PARAMS = Path("reports/params.json")
+# What teacher outputs the listed methods read: written by check_params, read by
+# teacher_targets, which so reruns when the need changes, not whenever the method list does.
+TEACHER_NEEDS = Path("data/teacher_needs.json")
 # Git-ignored; DVC does not delete it before a rerun. KDPIPE_CHECKPOINT_DIR puts it elsewhere:
 # a cluster job's clone is deleted with the job, its checkpoints must outlive it.
 CHECKPOINT_DIR = Path(os.environ.get("KDPIPE_CHECKPOINT_DIR") or ".checkpoints")

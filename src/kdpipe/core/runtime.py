@@ -61,7 +61,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     where the device computes bf16 natively, else None. Decided from the hardware, never from
     a timing, so a run does not depend on how busy the machine was."""
     native = native_bf16(device)
-    if precision == "bf16" and not native:
+    if precision == "bf16" and not native:  # never where a flag says it is native
         say(f"precision: bf16 on a {device.type} without bf16 hardware is emulated, slower "
             "than fp32 (precision: auto picks fp32 here)")
     if precision == "bf16" or (precision == "auto" and native):
@@ -69,15 +69,28 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+# CPU flags under which oneDNN runs bf16 convolutions and matmuls in hardware, and what they
+# were measured to buy for this project's models (docs/performance.md): the AMX tiles, 2.3-3.2x
+# faster than fp32 (Intel Xeon); AVX-512 BF16 without AMX, 1.4-2.1x (AMD EPYC, Zen 4).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware. GPUs: compute capability >= 8.0 (Ampere and
-    later); `torch.cuda.is_bf16_supported()` also says yes where bf16 is emulated. CPUs: the
-    AMX tiles (`amx_bf16`), where oneDNN's bf16 convolutions and matmuls were measured 2.3-3.2x
-    faster than fp32 for this project's models (docs/performance.md); AVX-512 BF16 alone is
-    not counted, as no speed-up has been measured there."""
+    """Whether `device` computes bf16 in hardware (see bf16_rule)."""
+    return bf16_rule(device) is not None
+
+
+def bf16_rule(device: torch.device) -> str | None:
+    """Which rule finds bf16 in `device`'s hardware, in words; None where bf16 would be
+    emulated. GPUs: compute capability >= 8.0 (Ampere and later);
+    `torch.cuda.is_bf16_supported()` also says yes where bf16 is emulated. CPUs: a flag of
+    BF16_CPU_FLAGS."""
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    return "amx_bf16" in cpu_flags()
+        capability = torch.cuda.get_device_capability(device)
+        return f"CUDA capability {capability[0]}.{capability[1]} >= 8.0" \
+            if capability >= (8, 0) else None
+    found = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
+    return f"CPU flag {found[0]}" if found else None
 
 
 def cpu_flags() -> set[str]:

@@ -15,7 +15,7 @@ import torch
 from kdpipe.core.config import DataConfig
 from kdpipe.core.errors import ConfigError, DataError
 from kdpipe.core.files import atomic_path, read_json, sha256_files, write_json
-from kdpipe.data.sources import Split, balanced_subset, read_source, take
+from kdpipe.data.sources import Split, balanced_subset, local_path, read_source, take
 
 # The tutorial's normalisation (ImageNet statistics), applied once to the whole split.
 MEAN = (0.485, 0.456, 0.406)
@@ -65,8 +65,8 @@ def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 def source_digest(source: str, root: Path) -> str | None:
     """sha256 of a local archive file; None for downloads, synthetic data and folders
     (a folder's content is covered by the prepared data's own digest)."""
-    path = Path(source) if Path(source).is_absolute() else root / source
-    if source in ("cifar10", "synthetic") or not path.is_file():
+    path = local_path(source, root)
+    if path is None or not path.is_file():
         return None
     return sha256_files([path])
 

@@ -32,11 +32,33 @@ class Split:
     labels: np.ndarray  # int64 (N,)
 
 
+BUILT_IN = ("cifar10", "synthetic")
+TORCHVISION_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def local_path(source: str, root: Path) -> Path | None:
+    """Where a local source (an ImageFolder folder or .tar.gz) is: `~` expanded, a relative
+    path taken from the repository root; None for a built-in set. The one reading of
+    params `data.source`: the data, its digest and MLflow's dataset record all use it."""
+    if source in BUILT_IN:
+        return None
+    path = Path(source).expanduser()
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+def dataset_uri(source: str, root: Path, prepared_dir: Path) -> str:
+    """Where the data came from, as MLflow records it: CIFAR-10's download URL, the local
+    source, or (synthetic data, made here) the prepared folder."""
+    if source == "cifar10":
+        return TORCHVISION_CIFAR10_URL
+    return (local_path(source, root) or prepared_dir.resolve()).as_uri()
+
+
 def read_source(source: str, root: Path, seed: int, limits: dict[str, int],
                 size: int = NATIVE_SIZE) -> tuple[dict[str, Split], list[str]]:
     """Every split of `source`, each cut to `limits[split]` images (0 = all), as size x size."""
-    if source not in ("cifar10", "synthetic"):
-        return read_image_folder(resolve_source_path(source, root), limits, seed, size)
+    if source not in BUILT_IN:
+        return read_image_folder(existing(local_path(source, root), root), limits, seed, size)
     if source == "cifar10":
         splits, classes = read_torchvision_cifar10(root / "data" / "raw")
     else:
@@ -75,9 +97,7 @@ def take(split: Split, indices: np.ndarray) -> Split:
     return Split(split.images[indices], split.labels[indices])
 
 
-def resolve_source_path(source: str, root: Path) -> Path:
-    path = Path(source).expanduser()
-    path = (path if path.is_absolute() else root / path).resolve()
+def existing(path: Path, root: Path) -> Path:
     if not path.exists():
         raise DataError(f"data.source: {path} does not exist (relative paths are resolved "
                         f"against the repository root {root}); expected 'cifar10', 'synthetic' "

@@ -44,6 +44,13 @@ class Views:
     seed: int             # params `seed`: the views are the same for every model
 
     @classmethod
+    def from_params(cls, seed: int, images: int, views: int,
+                    device: torch.device) -> Views | None:
+        """The views params `seed` and `data.views` name for a split of `images` images; None
+        for data.views 0 (no views)."""
+        return cls.make(seed, images, views, device) if views else None
+
+    @classmethod
     def make(cls, seed: int, images: int, views: int, device: torch.device) -> Views:
         h = hashed(seed, np.arange(images)[:, None], np.arange(views)[None, :])
         span = np.uint64(2 * PAD + 1)
@@ -61,10 +68,15 @@ class Views:
         return torch.from_numpy(choice).to(self.params.device)
 
     def keys(self, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        """The teacher cache's rows for images `idx` shown as `view`."""
+        """The teacher cache's rows for images `idx` shown as `view`: the one place that
+        lays rows out (image * K + view)."""
         return idx * self.count + view
+
+    def images(self, keys: torch.Tensor) -> torch.Tensor:
+        """The image of each cache row."""
+        return keys // self.count
 
     def apply(self, batch: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The normalised images of `batch` as the views that `keys` name."""
-        dy, dx, flip = self.params[keys // self.count, keys % self.count].unbind(-1)
+        dy, dx, flip = self.params[self.images(keys), keys % self.count].unbind(-1)
         return crop_flip(batch, dy, dx, flip)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpipe.core.markdown import table
 from kdpipe.export.exporter import MIN_AGREEMENT, OPSET, OUTPUT
 from kdpipe.tracking import registry, store
 
@@ -25,15 +26,17 @@ def markdown(results: dict, max_loss: float) -> str:
              f"`{results['file']}` (opset {results['opset']}, dynamic batch size). On the "
              f"{results['test_images']} test images it picks PyTorch's top-1 class on "
              f"**{results['top1_agreement']:.2f}%** (at least {MIN_AGREEMENT}% required); max "
-             f"abs logit difference **{results['max_abs_logit_diff']:.3g}**.", "",
-             "| runtime | test acc % | agrees with PyTorch % | max abs logit diff | size MB "
-             "| latency ms (batch 1) | img/s (batch 256) |", "|---|" + "---:|" * 6]
-    for name, row in runtimes.items():
-        lines.append(" | ".join([
-            f"| {LABELS[name]}", f"{row['test_acc']:.2f}", _cell(row, "top1_agreement", ".2f"),
-            _cell(row, "max_abs_logit_diff", ".3g"), f"{row['size_mb']:.3f}",
-            _cell(row, "inference_ms_batch1", ".3f"),
-            _cell(row, "inference_images_per_second", ",.0f")]) + " |")
+             f"abs logit difference **{results['max_abs_logit_diff']:.3g}**.", ""]
+    rows = [[LABELS[name], f"{row['test_acc']:.2f}", _cell(row, "top1_agreement", ".2f"),
+             _cell(row, "max_abs_logit_diff", ".3g"), f"{row['size_mb']:.3f}",
+             _cell(row, "inference_ms_batch1", ".3f"),
+             _cell(row, "inference_images_per_second", ",.0f")] for name, row in runtimes.items()]
+    lines += table(["runtime", "test acc %", "agrees with PyTorch %", "max abs logit diff",
+                    "size MB", "latency ms (batch 1)", "img/s (batch 256)"], rows, "lrrrrrr")
+    pytorch = runtimes["pytorch"]
+    if "inference_ms_batch1_bf16" in pytorch:  # params precision resolved to bf16 here
+        lines += ["", f"PyTorch in bf16: {pytorch['inference_ms_batch1_bf16']:.3f} ms at batch 1, "
+                  f"{pytorch['inference_images_per_second_bf16']:,.0f} img/s at batch 256."]
     int8 = runtimes.get("onnxruntime_int8")
     if int8 is not None:
         verdict = ("usable" if int8["usable"] else "**not usable**, so not timed")

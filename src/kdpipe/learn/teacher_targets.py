@@ -31,8 +31,8 @@ from kdpipe.core.errors import DataError
 from kdpipe.core.files import atomic_path, read_json, write_json
 from kdpipe.core.progress import bar, say
 from kdpipe.data.views import Views
-from kdpipe.learn.losses import TeacherOutputs
 from kdpipe.learn.models import Tapped
+from kdpipe.learn.objective import TeacherOutputs
 
 FEATURE_DTYPE = np.float16
 TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
@@ -50,7 +50,7 @@ def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
     steps = bar(rows, "teacher pass", "img")
     for start in range(0, rows, batch):
         keys = torch.arange(start, min(start + batch, rows), device=images.device)
-        x = (views.apply(normalize(images[keys // views.count]), keys) if views
+        x = (views.apply(normalize(images[views.images(keys)]), keys) if views
              else normalize(images[keys]))
         with autocast():
             out, fmap = teacher.forward_with_features(x)
@@ -141,7 +141,7 @@ class LiveTeacher:
         return TeacherOutputs(logits.float(), None if features is None else features.float())
 
 
-def teacher_source(augment: bool, teacher: Tapped, teacher_saved: dict, autocast,
+def teacher_source(*, augment: bool, teacher: Tapped, teacher_saved: dict, autocast,
                    folder: Path, needs: tuple[str, ...], device: torch.device,
                    data_sha256: str, views: int):
     """The cache when the teacher's inputs are known in advance (the images, or their fixed

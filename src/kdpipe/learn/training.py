@@ -22,11 +22,12 @@ from kdpipe.core.paths import (
 )
 from kdpipe.core.runtime import Runtime, environment, seed_everything, stage_cost
 from kdpipe.data.prepared import Normalize, Prepared, to_device
+from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
 from kdpipe.learn.checkpoint import Checkpoint, run_key, save_tensors
 from kdpipe.learn.loop import TeacherSource, TrainData, Trained, fit
-from kdpipe.learn.losses import Objective
 from kdpipe.learn.models import Tapped, build_model, count_params, default_feature_layer
+from kdpipe.learn.objective import Objective
 from kdpipe.measure.fidelity import expected_calibration_error
 from kdpipe.measure.inference import inference_cost
 from kdpipe.tracking import store
@@ -34,13 +35,14 @@ from kdpipe.tracking import store
 
 @dataclass
 class ModelSpec:
-    name: str              # teacher | student | kd | cosine | hint | dkd | lskd
+    name: str              # teacher | student | a method (kd, cosine, ...)
     seed: int              # initial weights, batch order, dropout
     role: str              # teacher | student: the params section of its architecture
     train: TrainConfig     # architecture, epochs, lr, batch size, schedule
     params: dict           # the params sections this stage reads, logged and saved as config
     init: dict | None = None  # weights to start from (a pretrained teacher), else random
     tags: dict = field(default_factory=dict)  # more MLflow tags (lineage)
+    description: str = ""  # what the report calls it, e.g. "soft-target KD"
 
     @property
     def run_name(self) -> str:  # what the MLflow runs list shows, e.g. kd-43
@@ -98,11 +100,11 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                          tags={"model": spec.name, **spec.tags}) as run:
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
-            store.log_dataset(prepared.summary, PREPARED_DIR)
+            store.log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
+                                                            store.repo_root(), PREPARED_DIR))
             if teacher_saved:
                 store.link_teacher(teacher_saved)
-        views = Views.make(cfg.seed, len(data.train_y), cfg.data.views, runtime.device) \
-            if cfg.data.views else None
+        views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
                      on_epoch=store.log_epoch, label=spec.run_name)
@@ -117,7 +119,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         metrics = final_metrics(spec, model, result, curve, saved_file, runtime,
                                 prepared.image_size, data.test_y.cpu())
         store.log_final(metrics, environment(runtime))
-        record = {**metrics, **ids, "data_sha256": prepared.digest, "curve": curve,
+        record = {**metrics, **ids, "description": spec.description,
+                  "data_sha256": prepared.digest, "curve": curve,
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
                               for r in result.history]}
         write_with(prediction_file(spec.name, spec.seed),
@@ -143,7 +146,8 @@ def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
         "train_seconds": round(result.train_seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
         "train_images_per_second": round(speed, 1),
-        **inference_cost(model.model, saved_file, runtime.device, image_size),
+        **inference_cost(model.model, saved_file, runtime.device, image_size,
+                         bf16=runtime.precision == "bf16"),
         **stage_cost(),  # last: the wall time covers everything the stage did before it
     }
 

@@ -33,14 +33,16 @@ def paired_gain(method: list[float], baseline: list[float]) -> dict:
     return {"diffs": diffs, **summary, "p_value": p}
 
 
-def verdict(gain: dict, p_key: str = "p_value") -> str:
-    """The gain called by its p-value at `p_key` (p_holm where several were tested at once)."""
-    p = gain.get(p_key)
+def verdict(gain: dict | None, p_key: str = "p_value") -> str:
+    """The one rule every report calls a gain by: its p-value at `p_key` (p_holm where several
+    were tested at once) below ALPHA makes it a gain or a loss, else it is noise, however large;
+    with one seed (or no gain at all) there is no test."""
+    p = gain.get(p_key) if gain else None
     if p is None:
-        return "one seed: no test"
+        return "no test"
     if p < ALPHA:
-        return "beats the baseline" if gain["mean"] > 0 else "worse than the baseline"
-    return "within noise"
+        return "gain" if gain["mean"] > 0 else "loss"
+    return "noise"
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

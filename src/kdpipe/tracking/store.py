@@ -24,8 +24,6 @@ from pathlib import Path
 
 from kdpipe.core.errors import TrackingError
 
-TORCHVISION_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
 
 def repo_root() -> Path:
     if os.environ.get("DVC_ROOT"):
@@ -330,21 +328,14 @@ def in_store(model_ids: list[str]) -> list[str]:
     return found
 
 
-def log_dataset(summary: dict, prepared_dir: Path, context: str = "training") -> None:
-    """The prepared data as an MLflow dataset input: name, source and digest."""
+def log_dataset(summary: dict, uri: str, context: str = "training") -> None:
+    """The prepared data as an MLflow dataset input: name, source (`uri`: where it came from,
+    kdpipe.data.sources.dataset_uri) and digest."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = summary["source"]
-    if source == "cifar10":
-        uri = TORCHVISION_CIFAR10_URL
-    elif source == "synthetic":
-        uri = prepared_dir.resolve().as_uri()
-    else:
-        path = Path(source)
-        uri = (path if path.is_absolute() else repo_root() / path).resolve().as_uri()
-    name = Path(source).name.removesuffix(".tar.gz")
+    name = Path(summary["source"]).name.removesuffix(".tar.gz")
     with warnings.catch_warnings():  # MLflow registers two identical file-source classes
         warnings.simplefilter("ignore", UserWarning)
         source_obj = resolve_dataset_source(uri)

@@ -1,0 +1,76 @@
+"""What every training objective is: the loop calls it, the methods (learn/methods/, one module
+each) subclass it. Plain training uses `Objective()`, cross-entropy alone.
+
+An objective maps (student logits, student feature map, labels, teacher outputs) to a scalar
+loss. It is an nn.Module so that trainable adapters (the hint regressor) reach the optimizer
+without becoming part of the saved student.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TeacherOutputs:
+    logits: torch.Tensor | None = None    # (B, 10)
+    features: torch.Tensor | None = None  # (B, ...) the teacher's output at its feature layer
+
+
+@dataclass(frozen=True)
+class FeatureShapes:
+    """The feature maps (channels, height, width) at the two taps; default: the tutorial pair
+    on 32x32 images (DeepNN's `features` flattens to 2048, LightNN's to 1024)."""
+    student: tuple[int, ...] = (16, 8, 8)
+    teacher: tuple[int, ...] = (32, 8, 8)
+
+
+class Objective(nn.Module):
+    """Cross-entropy on the labels; a method's subclass adds a term against the teacher."""
+
+    needs: tuple[str, ...] = ()  # which TeacherOutputs fields the objective reads
+
+    def __init__(self, ce_weight: float = 1.0):
+        super().__init__()
+        self.ce_weight = ce_weight
+
+    def forward(self, logits, features, labels, teacher: TeacherOutputs) -> torch.Tensor:
+        return self.ce_weight * F.cross_entropy(logits, labels) + self.extra(logits, features,
+                                                                              teacher, labels)
+
+    def extra(self, logits, features, teacher: TeacherOutputs, labels) -> torch.Tensor | float:
+        return 0.0
+
+    def start_step(self, step: int, steps_per_epoch: int) -> None:
+        """Called before each training step with the global step (1-based, counted over all
+        epochs), for terms that change with training time. What it sets must depend on `step`
+        alone: a resumed run then continues exactly as an uninterrupted one."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method's module registers as METHOD: the dataclass of its params section
+    (distill.<name>), how it builds its objective from those settings and the feature shapes,
+    and what the report calls it."""
+    settings: type
+    objective: type[Objective]  # built as objective(settings, FeatureShapes)
+    description: str
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The teacher outputs (logits, features) its objective reads."""
+        return self.objective.needs
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, averaged over the
+    batch and scaled by T^2 so its gradients keep their size as T changes (Hinton et al.).
+    The term of kd and lskd."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
