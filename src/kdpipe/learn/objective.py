@@ -74,3 +74,21 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
     return kl * temperature**2
+
+
+class SoftTarget(Objective):
+    """Cross-entropy plus `soft_target_weight` times the soft-target term at `temperature`, on
+    logits as `transform` gives them: kd's as they are, lskd's standardised."""
+
+    needs = ("logits",)
+
+    def __init__(self, cfg, shapes: FeatureShapes | None = None):
+        super().__init__(cfg.ce_weight)
+        self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
+
+    def transform(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def extra(self, logits, features, teacher, labels):
+        return self.weight * soft_target_loss(self.transform(logits),
+                                              self.transform(teacher.logits), self.temperature)

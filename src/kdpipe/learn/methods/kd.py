@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdpipe.core.config import LossWeights, positive_float, weight
-from kdpipe.learn.objective import FeatureShapes, Method, Objective, soft_target_loss
+from kdpipe.learn.objective import Method, SoftTarget
 
 
 @dataclass(frozen=True)
@@ -15,15 +15,8 @@ class KDConfig(LossWeights):
     ce_weight: float = weight()
 
 
-class SoftTargetKD(Objective):
-    needs = ("logits",)
-
-    def __init__(self, cfg: KDConfig, shapes: FeatureShapes | None = None):
-        super().__init__(cfg.ce_weight)
-        self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
-
-    def extra(self, logits, features, teacher, labels):
-        return self.weight * soft_target_loss(logits, teacher.logits, self.temperature)
+class SoftTargetKD(SoftTarget):
+    """KL(teacher || student) of the softened outputs, as they are."""
 
 
 METHOD = Method(KDConfig, SoftTargetKD, "soft-target KD")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kdpipe.core.config import LossWeights, positive_float, weight
-from kdpipe.learn.objective import FeatureShapes, Method, Objective, soft_target_loss
+from kdpipe.learn.objective import Method, SoftTarget
 
 
 @dataclass(frozen=True)
@@ -24,16 +24,11 @@ def standardized(logits: torch.Tensor) -> torch.Tensor:
     return (logits - mean) / (logits.std(dim=-1, keepdim=True) + 1e-7)
 
 
-class StandardizedKD(Objective):
-    needs = ("logits",)
+class StandardizedKD(SoftTarget):
+    """Soft-target KD on each model's z-scored logits."""
 
-    def __init__(self, cfg: LSKDConfig, shapes: FeatureShapes | None = None):
-        super().__init__(cfg.ce_weight)
-        self.temperature, self.weight = cfg.temperature, cfg.soft_target_weight
-
-    def extra(self, logits, features, teacher, labels):
-        return self.weight * soft_target_loss(standardized(logits), standardized(teacher.logits),
-                                              self.temperature)
+    def transform(self, logits: torch.Tensor) -> torch.Tensor:
+        return standardized(logits)
 
 
 METHOD = Method(LSKDConfig, StandardizedKD, "KD on standardised logits")
