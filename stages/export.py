@@ -17,6 +17,7 @@ from kdpipe.data.prepared import Prepared
 from kdpipe.data.sources import balanced_subset
 from kdpipe.export import exporter
 from kdpipe.export.report import log_export, markdown
+from kdpipe.measure.evaluate import top1
 from kdpipe.measure.inference import inference_cost
 from kdpipe.ops.stage import run_stage
 
@@ -45,7 +46,7 @@ def int8_row(cfg: Config, fp32: Path, prepared: Prepared, test: tuple, threads: 
         exporter.quantize_int8(fp32, out, calibration)
         sess = exporter.session(out, threads)
         logits = exporter.ort_logits(sess, images)
-        row = {"test_acc": exporter.accuracy(logits, labels),
+        row = {"test_acc": top1(logits, labels),
                **exporter.agreement(reference, logits), "size_mb": size_mb(out),
                "calibration_images": len(chosen)}
         row["accuracy_loss"] = round(reference_acc - row["test_acc"], 3)
@@ -68,7 +69,7 @@ def main() -> None:
     reference = exporter.torch_logits(model, images)
     # The model as a deployment loads it (NCHW weights): converted to channels_last, LightNN
     # took ~80 ms instead of ~0.4 ms at batch 1 on the 2-core CPU.
-    pytorch = {"test_acc": exporter.accuracy(reference, split.labels),
+    pytorch = {"test_acc": top1(reference, split.labels),
                **inference_cost(model, Path(choice["file"]), CPU, prepared.image_size,
                                 bf16=resolve_precision(cfg.precision, CPU) is torch.bfloat16)}
     with atomic_path(ONNX_FILE) as tmp:  # a failed check leaves no ONNX file
@@ -78,7 +79,7 @@ def main() -> None:
         parity = exporter.agreement(reference, logits)
         exporter.check_parity(parity, len(images))
         runtimes = {"pytorch": pytorch,
-                    "onnxruntime": {"test_acc": exporter.accuracy(logits, split.labels),
+                    "onnxruntime": {"test_acc": top1(logits, split.labels),
                                     **parity, "size_mb": size_mb(tmp),
                                     **exporter.ort_cost(fp32, prepared.image_size)}}
         if cfg.export.int8:

@@ -1,6 +1,9 @@
 """Shared fixtures: tiny synthetic data, a CPU runtime and paths to the project."""
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +19,40 @@ from kdpipe.core.runtime import Runtime  # noqa: E402
 from kdpipe.data.prepared import MEAN, STD, Normalize, to_device  # noqa: E402
 from kdpipe.data.sources import make_synthetic  # noqa: E402
 from kdpipe.learn.loop import TrainData  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def process_state_restored():
+    """Each test leaves the process as it found it: environment, MLflow's tracking URI (which
+    MLflow mirrors into the environment), sys.path, and no module imported from a test's temp
+    folder (a user's model builder, say) stays importable by the next test."""
+    env, path, modules = dict(os.environ), list(sys.path), set(sys.modules)
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != env.get("MLFLOW_TRACKING_URI") \
+            and "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(env.get("MLFLOW_TRACKING_URI"))
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = path
+    homes = (str(ROOT), sys.prefix, sys.base_prefix)
+    for name in set(sys.modules) - modules:
+        file = getattr(sys.modules[name], "__file__", None) or ""
+        if file and not file.startswith(homes):
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_warm_process_outlives_the_run():
+    """Ends every warm stage launcher the run's pipelines started (tests.project.WARM_DIR)."""
+    import psutil
+
+    from tests.project import WARM_DIR
+
+    yield
+    for process in psutil.process_iter(["cmdline"]):
+        if str(WARM_DIR) in " ".join(process.info["cmdline"] or []):
+            process.terminate()
+    shutil.rmtree(WARM_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -62,4 +99,20 @@ def built(tmp_path_factory) -> Path:
     (repo / "repro.log").write_text(sh(["dvc", "repro"], repo, env))
     sh(["git", "add", "dvc.lock"], repo)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], repo)
-    return repo
+    before = digest(repo)
+    yield repo
+    assert digest(repo) == before, "a test changed the shared `built` project: clone it first"
+
+
+# What reading a project may touch: DVC's and git's own caches of what they looked at.
+NOT_CONTENT = (".dvc/tmp", ".git/index")
+
+
+def digest(repo: Path) -> str:
+    """sha256 over every file of `repo` (path and content) but NOT_CONTENT."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = path.relative_to(repo).as_posix()
+        if not rel.startswith(NOT_CONTENT) and "__pycache__" not in rel:
+            h.update(rel.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -25,9 +27,19 @@ def tracked_files() -> list[str]:
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
+# The warm stage launchers this test run starts live here, apart from a user's own: the session
+# ends every process serving from it (tests/conftest.py), and they go idle after WARM_IDLE s.
+WARM_DIR = Path(tempfile.mkdtemp(prefix="kdpipe-test-warm-"))
+WARM_IDLE = "20"  # bridges the gaps between one repro's stages; not the 300 s of a user's
+
+
 def clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    """This interpreter's tools, no outside MLflow or DVC settings, and no variable that differs
+    per test (PYTEST_CURRENT_TEST would key a warm process to each test)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_")) and k != "PYTEST_CURRENT_TEST"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env |= {"XDG_RUNTIME_DIR": str(WARM_DIR), "KDPIPE_WARM_IDLE": WARM_IDLE}
     return env
 
 
@@ -49,8 +61,15 @@ def copy_project(repo: Path) -> Path:
 
 
 def clone(built: Path, dest: Path) -> Path:
-    """A private copy of a built project (git, DVC cache, outputs, MLflow store) to change."""
+    """A private copy of a built project (git, DVC cache, outputs, MLflow store) to change. The
+    store names its artifact folders by absolute path: they are moved to the copy's, so that
+    the copy's runs write there, never into `built`."""
     shutil.copytree(built, dest, symlinks=True)
+    with sqlite3.connect(dest / "mlflow.db") as db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                       (built.resolve().as_uri(), dest.resolve().as_uri()))
     return dest
 
 

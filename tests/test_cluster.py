@@ -175,7 +175,8 @@ def test_sweep_jobs_run_and_push_an_experiment(built, tmp_path):
     assert name.startswith("kd-exp-distill.kd.temperature_1-")
     assert f"dvc exp run --pull -n {name} -S distill.kd.temperature=1" in body
     assert f"dvc exp push {repo} {name}" in body
-    assert os.path.isabs(str(repo))
+    # it pushes what it ran, after running it, to the repository it was submitted from
+    assert body.index("dvc exp run --pull") < body.index(f"dvc exp push {repo}")
 
 
 def test_a_killed_teacher_job_resumes_from_its_checkpoint_when_resubmitted(built, tmp_path):

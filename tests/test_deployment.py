@@ -15,6 +15,7 @@ import yaml
 
 from kdpipe.data.prepared import Prepared
 from kdpipe.export import exporter
+from kdpipe.measure.evaluate import top1
 from tests.project import clean_env, read_json, wait_for_server
 from tests.test_pipeline import mlflow_client
 from tests.test_safety import closed_port
@@ -56,7 +57,7 @@ def test_export_ships_the_student_chosen_on_validation(built):
     assert sorted(runtimes) == ["onnxruntime", "onnxruntime_int8", "pytorch"]
     if record["precision"] == "fp32":  # the training stage measured the same model
         assert runtimes["pytorch"]["test_acc"] == record["test_acc"]
-    assert runtimes["onnxruntime"]["test_acc"] == exporter.accuracy(
+    assert runtimes["onnxruntime"]["test_acc"] == top1(
         exporter.ort_logits(sess, images), labels)
     int8 = runtimes["onnxruntime_int8"]
     assert int8["accuracy_loss"] == round(runtimes["pytorch"]["test_acc"] - int8["test_acc"], 3)

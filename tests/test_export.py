@@ -9,6 +9,7 @@ import torch
 from kdpipe.core.errors import ConfigError, DataError
 from kdpipe.export import exporter
 from kdpipe.learn.models import LightNN
+from kdpipe.measure.evaluate import top1
 from tests.conftest import random_images
 from tests.test_config import load_with, set_key
 
@@ -50,7 +51,7 @@ def test_a_failed_parity_check_names_its_numbers():
         exporter.check_parity(exporter.agreement(reference, candidate), 1000)
 
 
-def test_int8_quantization_gives_a_smaller_model_that_runs(exported, tmp_path):
+def test_int8_quantization_gives_a_smaller_model_that_follows_fp32(exported, tmp_path):
     model, path = exported
     calibration = exporter.normalized(random_images(200, seed=1), MEAN, STD)
     out = tmp_path / "int8.onnx"
@@ -59,8 +60,12 @@ def test_int8_quantization_gives_a_smaller_model_that_runs(exported, tmp_path):
     images = exporter.normalized(random_images(100, seed=2), MEAN, STD)
     logits = exporter.ort_logits(exporter.session(out, threads=1), images)
     assert logits.shape == (100, 10) and np.isfinite(logits).all()
-    labels = exporter.torch_logits(model, images).argmax(1)
-    assert 0 <= exporter.accuracy(logits, labels) <= 100
+    # The int8 model computes what the fp32 one does, to int8's precision (measured on this
+    # untrained LightNN: logit correlation 0.99, 88% of top-1 picks kept); a quantization
+    # with wrong scales or a broken calibration falls far below both.
+    reference = exporter.torch_logits(model, images)
+    assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] > 0.95
+    assert top1(logits, reference.argmax(1)) >= 75
 
 
 def test_a_model_file_from_another_run_is_refused(tmp_path):

@@ -225,3 +225,11 @@ def test_dist_combines_its_terms_and_cross_entropy_as_configured():
     out = dist(student, None, labels, TeacherOutputs(teacher))
     assert out.item() == pytest.approx(expected.item(), rel=1e-6)
     assert DIST.needs == ("logits",)
+
+
+def test_dkd_weights_tckd_by_alpha_and_nckd_by_beta():
+    student, teacher, labels = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    tckd, nckd = decoupled_kd_terms(student, teacher, labels, 4.0)
+    dkd = DecoupledKD(DKDConfig(alpha=0.5, beta=3.0, temperature=4.0, ce_weight=0.0))
+    assert dkd(student, None, labels, TeacherOutputs(teacher)).item() == pytest.approx(
+        (0.5 * tckd + 3.0 * nckd).item(), rel=1e-6)

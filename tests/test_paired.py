@@ -26,3 +26,4 @@ def test_a_zero_weight_method_trains_the_baseline_student_bit_for_bit(built, tmp
         record = read_json(repo / "metrics" / "seeds" / f"{method}-42.json")
         for key in ("test_acc", "val_acc", "history"):
             assert record[key] == base_record[key], (method, key)
+

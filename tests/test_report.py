@@ -100,3 +100,18 @@ def test_a_markdown_table_aligns_numbers_right_and_refuses_a_ragged_row():
         "| model | acc % |", "|---|---:|", "| kd | 70.10 |", "| student | 69.00 |"]
     with pytest.raises(ValueError, match="a table of 2 columns"):
         table(["model", "acc %"], [["kd"]], "lr")
+
+
+def test_with_one_method_the_seeds_stay_beside_their_gain(tmp_path):
+    """What gains.png draws, not that it exists: with a single method its seeds' dots sit just
+    right of the mean, inside the axis, not at its edge."""
+    from kdpipe.analysis.figures import gains_by_method
+
+    gain = {"mean": 0.5, "ci95": 0.4, "diffs": [0.2, 0.5, 0.8], "verdict": "noise"}
+    fig = gains_by_method({"gains": {"kd": gain}})
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    assert (left, right) == (-0.5, 0.5)
+    [dots] = ax.collections[-1:]
+    xs, ys = dots.get_offsets().T
+    assert list(ys) == [0.2, 0.5, 0.8] and all(0 < x < right for x in xs)

@@ -48,3 +48,26 @@ def test_unreachable_tracking_server_is_detected_within_seconds():
     with pytest.raises(TrackingError, match="unreachable.*MLFLOW_TRACKING_URI"):
         probe(f"http://127.0.0.1:{closed_port()}")
     assert time.monotonic() - start < 5
+
+
+def test_the_checkpoint_key_changes_with_each_thing_a_resumed_stage_must_match(tmp_path):
+    """A killed stage resumes only a checkpoint made from the same model, seed, params, data,
+    teacher, device, precision, threads and code: each changes the key (checkpoint.run_key),
+    as the training stage passes them."""
+    from kdpipe.learn.checkpoint import run_key
+
+    script = tmp_path / "stage.py"
+    script.write_text("# a stage\n")
+    inputs = {"name": "kd", "seed": 42, "params": {"distill.kd": {"temperature": 4.0}},
+              "data": "data-sha", "teacher": {"teacher_run_id": "r1"}, "device": "cpu",
+              "precision": "fp32", "threads": 2}
+    key = run_key(*inputs.values(), files=[script])
+    assert run_key(*inputs.values(), files=[script]) == key
+    others = {"name": "dist", "seed": 43, "params": {"distill.kd": {"temperature": 2.0}},
+              "data": "other-sha", "teacher": {"teacher_run_id": "r2"}, "device": "cuda",
+              "precision": "bf16", "threads": 1}
+    for part, other in others.items():
+        changed = {**inputs, part: other}
+        assert run_key(*changed.values(), files=[script]) != key, part
+    script.write_text("# a stage, edited\n")
+    assert run_key(*inputs.values(), files=[script]) != key, "its code"

@@ -32,6 +32,9 @@ def test_verdicts():
     assert verdict(paired_gain([60.0, 61.0, 60.5], [70.0, 70.2, 70.9])) == "loss"
     assert verdict(paired_gain([71.0], [70.0])) == "no test"
     assert paired_gain([71.0, 72.0], [70.0, 71.0])["p_value"] == 0.0  # identical gains
+    # a method that changes nothing (a zero weight): every difference 0, p = 1, noise
+    same = paired_gain([70.0, 71.5, 69.0], [70.0, 71.5, 69.0])
+    assert (same["mean"], same["p_value"], verdict(same)) == (0.0, 1.0, "noise")
 
 
 def test_holm_matches_a_hand_computed_example():

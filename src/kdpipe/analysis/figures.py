@@ -15,8 +15,8 @@ from kdpipe.core.paths import FIGURES  # noqa: E402
 def draw_all(comparison: dict, runs: dict[str, list[dict]]) -> None:
     """Write every figure; `runs` are the per-seed records (their curves draw the learning
     curves)."""
-    figures = {"accuracy": accuracy(comparison), "gains": gains(comparison),
-               "curves": curves(runs), "latency": latency(comparison)}
+    figures = {"accuracy": accuracy_by_model(comparison), "gains": gains_by_method(comparison),
+               "curves": learning_curves(runs), "latency": accuracy_vs_latency(comparison)}
     for name, fig in figures.items():
         write_with(FIGURES[name], lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
@@ -30,6 +30,9 @@ def mean_and_seeds(ax, x: float, mean: float, ci95: float | None, per_seed: list
 
 def labelled(fig, ax, names: list[str], ylabel: str, title: str):
     ax.set_xticks(range(len(names)), names)
+    # Half a slot either side of each name: the seeds' dots (x + 0.12) stay beside their mean
+    # even with one name, where autoscaling would spread [0, 0.12] over the whole width.
+    ax.set_xlim(-0.5, len(names) - 0.5)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -37,7 +40,7 @@ def labelled(fig, ax, names: list[str], ylabel: str, title: str):
     return fig
 
 
-def accuracy(comparison: dict):
+def accuracy_by_model(comparison: dict):
     models = comparison["models"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for x, name in enumerate(models):
@@ -48,7 +51,7 @@ def accuracy(comparison: dict):
                     "Test accuracy: mean ± 95% CI (black), each seed (dots)")
 
 
-def gains(comparison: dict):
+def gains_by_method(comparison: dict):
     """What the paired test sees: each seed's gain over the baseline student of the same seed
     (dots) and the mean with its 95% CI (black); a CI that crosses 0 is noise."""
     methods = comparison["gains"]
@@ -62,7 +65,7 @@ def gains(comparison: dict):
                     "Paired gain per seed (dots), mean ± 95% CI (black)")
 
 
-def curves(runs: dict[str, list[dict]]):
+def learning_curves(runs: dict[str, list[dict]]):
     fig, ax = plt.subplots(figsize=(7, 4))
     for color, (name, model_runs) in enumerate(runs.items()):
         for i, run in enumerate(model_runs):
@@ -79,7 +82,7 @@ def curves(runs: dict[str, list[dict]]):
     return fig
 
 
-def latency(comparison: dict):
+def accuracy_vs_latency(comparison: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, row in comparison["models"].items():
         ax.errorbar(row["inference_ms_batch1"], row["test_acc"], yerr=row["test_acc_ci95"] or 0,

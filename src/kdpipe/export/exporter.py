@@ -96,10 +96,6 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
             "max_abs_logit_diff": float(np.abs(reference - candidate).max())}
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return round(100.0 * float((logits.argmax(1) == labels).mean()), 3)
-
-
 def check_parity(parity: dict, images: int) -> None:
     if parity["top1_agreement"] < MIN_AGREEMENT:
         raise ParityError(

@@ -22,7 +22,7 @@ from kdpipe.learn.checkpoint import Checkpoint
 from kdpipe.learn.models import Tapped
 from kdpipe.learn.objective import Objective, TeacherOutputs
 from kdpipe.learn.state import TrainingState
-from kdpipe.measure.evaluate import accuracy, predict
+from kdpipe.measure.evaluate import accuracy, predict, top1
 
 TeacherSource = Callable[[torch.Tensor, torch.Tensor], TeacherOutputs]
 
@@ -138,8 +138,8 @@ def fit(model: Tapped, objective: Objective, data: TrainData, cfg: TrainConfig,
     curve_acc = history[-1][curve_name] if history else \
         accuracy(model, curve_x, curve_y, data.normalize, runtime.autocast)  # no epoch to train
     test_logits = predict(model, data.test_x, data.normalize, runtime.autocast)  # seen once
-    test_acc = 100.0 * (test_logits.argmax(1) == data.test_y.cpu()).double().mean().item()
-    return Trained(history, len(data.train_y) * len(history), curve_acc, test_acc, test_logits)
+    return Trained(history, len(data.train_y) * len(history), curve_acc,
+                   top1(test_logits, data.test_y.cpu()), test_logits)
 
 
 def train_epoch(state: TrainingState, batches: Batches, epoch: int, seed: int,

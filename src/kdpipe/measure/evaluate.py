@@ -1,4 +1,5 @@
-"""Accuracy and logits on a preloaded split."""
+"""Accuracy and logits on a preloaded split: the one definition of top-1 accuracy every stage
+and report uses."""
 from __future__ import annotations
 
 import contextlib
@@ -10,20 +11,18 @@ from torch import nn
 EVAL_BATCH = 1000  # images per forward pass: large batches are faster and accuracy is exact
 
 
-@torch.no_grad()
+def top1(logits, labels) -> float:
+    """Top-1 accuracy in percent of `logits` (N, classes) against `labels` (N,): torch tensors
+    or numpy arrays alike (ONNX Runtime's outputs are numpy)."""
+    return 100.0 * float((logits.argmax(1) == labels).sum()) / len(labels)
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              normalize: Callable[[torch.Tensor], torch.Tensor],
              autocast=contextlib.nullcontext) -> float:
-    """Top-1 accuracy in percent on uint8 `images`, normalised batch by batch. Puts `model` in
-    eval mode and leaves it there."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
-    for start in range(0, len(labels), EVAL_BATCH):
-        x = normalize(images[start:start + EVAL_BATCH])
-        with autocast():
-            logits = model(x)
-        correct += (logits.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum()
-    return 100.0 * correct.item() / len(labels)
+    """Top-1 accuracy in percent of `model` on uint8 `images`, normalised batch by batch. Puts
+    `model` in eval mode and leaves it there."""
+    return top1(predict(model, images, normalize, autocast), labels.cpu())
 
 
 @torch.no_grad()
