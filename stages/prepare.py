@@ -1,8 +1,8 @@
 """Stage `prepare`: read data.source once, write data/prepared (uint8 arrays + summary)."""
 from kdpipe.core.config import flat, load_config, section
 from kdpipe.core.files import write_json
+from kdpipe.core.machine import stage_cost
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR
-from kdpipe.core.runtime import stage_cost
 from kdpipe.data.prepared import prepare
 from kdpipe.data.sources import dataset_uri
 from kdpipe.ops.stage import run_stage

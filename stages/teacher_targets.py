@@ -9,9 +9,10 @@ import time
 
 from kdpipe.core.config import load_config, section
 from kdpipe.core.files import folder_mb, read_json, write_json
+from kdpipe.core.machine import environment, stage_cost
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
 from kdpipe.core.progress import clock, say
-from kdpipe.core.runtime import environment, setup, stage_cost
+from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views

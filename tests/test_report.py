@@ -115,3 +115,18 @@ def test_with_one_method_the_seeds_stay_beside_their_gain(tmp_path):
     [dots] = ax.collections[-1:]
     xs, ys = dots.get_offsets().T
     assert list(ys) == [0.2, 0.5, 0.8] and all(0 < x < right for x in xs)
+
+
+def test_timings_taken_under_load_are_marked(monkeypatch):
+    from kdpipe.analysis.report import load_lines
+    from kdpipe.core import machine
+
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (5.0, 1.0, 1.0))
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine.torch, "get_num_threads", lambda: 2)
+    assert machine.other_load() == 1.5  # (5 - the stage's 2 threads) / 2 cores
+    lines = load_lines({"student": {"other_load_per_core": 0.0},
+                        "kd": {"other_load_per_core": 1.5}})
+    assert "Timings taken under load" in lines[1] and "kd (1.50)" in lines[1]
+    assert "student" not in lines[1]
+    assert load_lines({"student": {"other_load_per_core": 0.1}}) == []

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from kdpipe.core.files import read_json
+from kdpipe.core.machine import BUSY
 from kdpipe.core.markdown import table
 from kdpipe.core.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.measure.fidelity import FIDELITY_KEYS, to_teacher
@@ -49,6 +50,8 @@ def aggregate(runs: list[dict]) -> dict:
     out["precision"] = ", ".join(sorted({r.get("precision", "fp32") for r in runs}))
     for key in COST_KEYS + tuple(k for k in BF16_KEYS if all(k in r for r in runs)):
         out[key] = round(statistics.fmean(r[key] for r in runs), 3)
+    # the busiest its seeds' stages found the machine: one slowed seed slows the mean
+    out["other_load_per_core"] = max(r.get("other_load_per_core", 0.0) for r in runs)
     return out
 
 
@@ -107,7 +110,7 @@ def markdown(comparison: dict) -> str:
     lines += table(["model", "params", "test acc %", "gain vs student (pp)", "p", "p (Holm)",
                     "verdict", "size MB", "latency ms (batch 1)", "img/s (batch 256)",
                     "speed-up vs teacher", "train s", "stage wall s"], rows, "lrrrrrlrrrrrr")
-    lines += fidelity_lines(models) + bf16_lines(models)
+    lines += load_lines(models) + fidelity_lines(models) + bf16_lines(models)
     best, choose_by = comparison["best_student"], comparison["choose_by"]
     lines += ["", f"Chosen by mean `{choose_by}`: **{best}**; its seed {comparison['best_seed']}"
               f" (best `{choose_by}` of the method) is registered as `kd-student`.", ""]
@@ -130,6 +133,19 @@ def markdown(comparison: dict) -> str:
               "includes process start, imports, evaluation and MLflow logging.", ""]
     lines += [f"![{name}]({path.name})" for name, path in FIGURES.items()]
     return "\n".join(lines) + "\n"
+
+
+def load_lines(models: dict) -> list[str]:
+    """Which models' timings were taken while other work loaded the machine."""
+    busy = {name: row["other_load_per_core"] for name, row in models.items()
+            if row["other_load_per_core"] > BUSY}
+    if not busy:
+        return []
+    named = ", ".join(f"{name} ({load:.2f})" for name, load in busy.items())
+    return ["", f"**Timings taken under load**: while these models trained, other work kept the "
+            f"machine busy (load beyond the stage's own threads, per core, > {BUSY}): {named}. "
+            "Their latency, throughput and wall times are slower than the machine's; rerun "
+            "them on an idle machine to compare costs."]
 
 
 def fidelity_lines(models: dict) -> list[str]:

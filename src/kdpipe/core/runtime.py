@@ -1,17 +1,10 @@
-"""Device choice and the per-device settings that make training fast, plus what to record
-about the machine so results can be compared honestly."""
+"""Device choice and the per-device settings that make training fast: the device, the
+precision (bf16 where the hardware computes it), threads and the fast-math switches."""
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
-import random
-import resource
-import time
 from dataclasses import dataclass
 
-import numpy as np
-import psutil
 import torch
 
 from kdpipe.core.config import Config
@@ -109,39 +102,3 @@ def set_tf32(enabled: bool) -> None:
     mode = "tf32" if enabled else "ieee"
     torch.backends.cuda.matmul.fp32_precision = mode
     torch.backends.cudnn.conv.fp32_precision = mode
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def environment(runtime: Runtime) -> dict:
-    """What the results depend on besides code, params and data."""
-    device = runtime.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {
-        "torch_version": torch.__version__,
-        "device": device.type,
-        "device_name": name or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "precision": runtime.precision,
-        "cpu_bf16_flags": " ".join(sorted(f for f in cpu_flags() if "bf16" in f)) or "none",
-        "compile": runtime.compile,
-    }
-
-
-def stage_cost() -> dict:
-    """Wall time since the stage's process started (imports included) and its peak resident
-    memory so far (Linux reports ru_maxrss in KiB)."""
-    return {"wall_seconds": round(time.time() - stage_start_time(), 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-
-
-def stage_start_time() -> float:
-    """When the process DVC started for this stage began (seconds since the epoch): the warm
-    launcher passes its client's start time, as this process only forked from a warm one."""
-    started = os.environ.get("KDPIPE_STAGE_STARTED")
-    return float(started) if started else psutil.Process().create_time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from kdpipe.core.config import Config, DataConfig, TrainConfig, flat
 from kdpipe.core.files import write_json, write_text, write_with
+from kdpipe.core.machine import environment, stage_cost
 from kdpipe.core.paths import (
     PREPARED_DIR,
     model_file,
@@ -20,7 +22,7 @@ from kdpipe.core.paths import (
     prediction_file,
     seed_metrics_file,
 )
-from kdpipe.core.runtime import Runtime, environment, seed_everything, stage_cost
+from kdpipe.core.runtime import Runtime
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
@@ -55,6 +57,13 @@ def load_data(prepared: Prepared, data_cfg: DataConfig, device: torch.device) ->
         images, labels = prepared.splits[split].images, prepared.splits[split].labels
         tensors += [to_device(images, device), torch.from_numpy(labels).to(device)]
     return TrainData(*tensors, Normalize(data_cfg.mean, data_cfg.std, device))
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators, from one seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def seeded_model(train: TrainConfig, role: str, seed: int, num_classes: int,
