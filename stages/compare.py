@@ -12,6 +12,7 @@ from kdpipe.core.files import write_json, write_text
 from kdpipe.core.paths import FIGURES, METRICS_DIR, REPORT
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import registry, store
+from kdpipe.tracking.run_log import log_comparison
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     best, chosen_by = comparison["best_student"], comparison["choose_by"]
     with store.stage_run(cfg.mlflow.experiment, "compare",
                          {"seeds": ",".join(map(str, cfg.seeds))}) as run:
-        store.log_comparison(comparison, [REPORT, *FIGURES.values()],
+        log_comparison(comparison, [REPORT, *FIGURES.values()],
                              [r["mlflow_model_id"] for rs in runs.values() for r in rs])
         version, moved = registry.register_best_student(best, comparison["best_run"], chosen_by)
     print(markdown(comparison))

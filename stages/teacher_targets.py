@@ -21,6 +21,7 @@ from kdpipe.learn.models import feature_shape
 from kdpipe.learn.teacher_targets import check_cache_fits, compute_targets, save_targets
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
+from kdpipe.tracking.run_log import link_teacher, log_dataset, log_final
 
 
 def main() -> None:
@@ -40,9 +41,9 @@ def main() -> None:
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
     features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
     with store.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
-        store.log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
+        log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
                                                         store.repo_root(), PREPARED_DIR))
-        store.link_teacher(saved)
+        link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
         views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device)
         rows = len(images) * (views.count if views else 1)
@@ -62,7 +63,7 @@ def main() -> None:
                    "feature_values": math.prod(shape) if shape else 0,
                    "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
                    "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
-        store.log_final(metrics, environment(runtime))
+        log_final(metrics, environment(runtime))
         write_json(METRICS_DIR / "teacher_targets.json", metrics)
     say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
         f"-> {TARGETS_DIR}")

@@ -10,6 +10,7 @@ import numpy as np
 from kdpipe.core.markdown import table
 from kdpipe.export.exporter import MIN_AGREEMENT, OPSET, OUTPUT
 from kdpipe.tracking import registry, store
+from kdpipe.tracking.run_log import in_store
 
 LABELS = {"pytorch": "PyTorch (eager, fp32)", "onnxruntime": "onnxruntime fp32",
           "onnxruntime_int8": "onnxruntime int8 (static quantization)"}
@@ -62,7 +63,7 @@ def log_export(experiment: str, params: dict, choice: dict, onnx_file: Path,
     lineage = {"student.run_id": record["mlflow_run_id"],
                "student.model_id": record["mlflow_model_id"]}
     with store.stage_run(experiment, "export", params, tags=lineage) as run:
-        linked = store.in_store([record["mlflow_model_id"]])
+        linked = in_store([record["mlflow_model_id"]])
         mlflow.MlflowClient().log_inputs(run.info.run_id,
                                          models=[LoggedModelInput(m) for m in linked])
         session = onnxruntime.InferenceSession(str(onnx_file),

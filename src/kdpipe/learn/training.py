@@ -33,6 +33,7 @@ from kdpipe.learn.objective import Objective
 from kdpipe.measure.fidelity import expected_calibration_error
 from kdpipe.measure.inference import inference_cost
 from kdpipe.tracking import store
+from kdpipe.tracking.run_log import link_teacher, log_dataset, log_epoch, log_final, log_model
 
 
 @dataclass
@@ -109,16 +110,16 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                          tags={"model": spec.name, **spec.tags}) as run:
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
-            store.log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
+            log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
                                                             store.repo_root(), PREPARED_DIR))
             if teacher_saved:
-                store.link_teacher(teacher_saved)
+                link_teacher(teacher_saved)
         views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
-                     on_epoch=store.log_epoch, label=spec.run_name)
+                     on_epoch=log_epoch, label=spec.run_name)
         ids = {"mlflow_run_id": run.info.run_id,
-               "mlflow_model_id": store.log_model(model.model, prepared.image_size)}
+               "mlflow_model_id": log_model(model.model, prepared.image_size)}
         saved_file = model_file(spec.name, spec.seed)
         save_tensors(saved_file, {"arch": spec.train.arch, "image_size": prepared.image_size,
                                   "state_dict": model.model.state_dict(),
@@ -127,7 +128,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         curve = data.curve()[0]
         metrics = final_metrics(spec, model, result, curve, saved_file, runtime,
                                 prepared.image_size, data.test_y.cpu())
-        store.log_final(metrics, environment(runtime))
+        log_final(metrics, environment(runtime))
         record = {**metrics, **ids, "description": spec.description,
                   "data_sha256": prepared.digest, "curve": curve,
                   "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from kdpipe.tracking.store import in_store
+from kdpipe.tracking.run_log import in_store
 
 REGISTERED_MODEL = "kd-student"
 ONNX_REGISTERED_MODEL = "kd-student-onnx"
