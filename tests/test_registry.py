@@ -173,3 +173,37 @@ def test_a_stage_run_logs_models_without_mlflows_racy_env_var_record(tmp_path, m
     monkeypatch.setenv("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "true")
     with stage_run("env-record", "student-43", {}):
         assert RECORD.get() is True
+
+
+def test_a_dataset_insert_beaten_by_a_parallel_stage_links_the_winner(tmp_path, monkeypatch):
+    """Parallel stages against one PostgreSQL server each insert the same new dataset; all but
+    the first are refused (a unique violation, HTTP 400). The refused stage logs it again,
+    which links the dataset that won; any other refusal fails at once."""
+    import mlflow
+
+    from kdpipe.tracking.run_log import log_dataset
+    from kdpipe.tracking.store import stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = {"source": "synthetic", "sha256": "ab" * 32}
+    log_input, calls = mlflow.log_input, []
+
+    def beaten_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise mlflow.MlflowException('duplicate key value violates unique constraint '
+                                         '"dataset_pk"', error_code=BAD_REQUEST)
+        return log_input(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", beaten_once)
+    with stage_run("datasets", "prepare", {}) as run:
+        log_dataset(summary, tmp_path.as_uri())
+    [dataset] = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and dataset.dataset.digest == summary["sha256"][:16]
+
+    def denied(*args, **kwargs):
+        raise mlflow.MlflowException("no permission", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(mlflow, "log_input", denied)
+    with stage_run("datasets", "prepare", {}), pytest.raises(mlflow.MlflowException):
+        log_dataset(summary, tmp_path.as_uri())

@@ -146,7 +146,8 @@ class DistillConfig:
     distill.<name>, kept here as read: the method's own settings dataclass validates it where
     the method is used (kdpipe.learn.methods.registry), and stage check_params validates them
     all. So this file names no method, and adding one touches only its module and params."""
-    REST: ClassVar[str] = "sections"  # every key but `methods`: a method's section
+    REST: ClassVar[str] = "sections"  # every key but `methods` that holds a mapping: a section
+    REST_IS: ClassVar[str] = "a method's section (a mapping of its settings)"
     methods: list[str] = rule("a non-empty list of distinct method names",
                               lambda v: bool(v) and len(set(v)) == len(v)
                               and all(isinstance(m, str) for m in v))
@@ -232,15 +233,13 @@ def build(cls: type, raw: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != rest}
     hints = get_type_hints(cls)
     for key in raw:
-        if key not in fields and rest:
-            if not isinstance(raw[key], dict):
-                raise ConfigError(f"{_join(path, key)}={raw[key]!r}: expected a section (a "
-                                  "mapping of that method's settings)")
-        elif key not in fields:
+        # a REST key is a section of its own (a method's: a mapping); anything else is a typo
+        if key not in fields and not (rest and isinstance(raw[key], dict)):
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
+            also = f", or {cls.REST_IS}" if rest else ""
             raise ConfigError(f"{_join(path, key)}: unknown key{hint}; "
-                              f"allowed keys: {', '.join(fields)}")
+                              f"allowed keys: {', '.join(fields)}{also}")
     values = {}
     for name, f in fields.items():
         key = _join(path, name)

@@ -7,6 +7,8 @@ import copy
 import warnings
 from pathlib import Path
 
+DATASET_ATTEMPTS = 3  # inserts of a dataset that a parallel stage's insert beat, then give up
+
 # MLflow metric names are grouped by prefix, which the UI's chart view shows as sections,
 # sorted, before the unprefixed "Model metrics": `epoch/` (the per-epoch learning curves, so
 # they come first), `stage/` (a stage's costs and counts), `summary/` (the compare run's
@@ -121,4 +123,14 @@ def log_dataset(summary: dict, uri: str, context: str = "training") -> None:
         warnings.simplefilter("ignore", UserWarning)
         source_obj = resolve_dataset_source(uri)
     dataset = MetaDataset(source_obj, name=name, digest=summary["sha256"][:16])
-    mlflow.log_input(dataset, context=context)
+    for attempt in range(1, DATASET_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.MlflowException as err:
+            # Parallel stages (`dvc queue start -j N`) against one server each insert the
+            # dataset the store does not hold yet; the store refuses all but the first (a
+            # unique violation, answered 400). Logged again, it links the one that won.
+            if attempt == DATASET_ATTEMPTS or err.error_code != "BAD_REQUEST" \
+                    or "unique" not in str(err).lower():
+                raise
