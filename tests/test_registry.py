@@ -56,6 +56,24 @@ def test_best_moves_when_better_on_validation_and_stays_when_worse(client):
     assert moved == [data_alias(DATA), "best"] and holder(client).version == better_on_val
 
 
+def test_a_tie_leaves_best_with_the_earlier_model(client):
+    first, _ = register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    _, moved = register_best_student("hint", trained(60.0, 65.0), "val_acc")
+    assert moved == [] and holder(client).version == first
+
+
+def test_a_choice_made_on_test_never_competes_with_one_made_on_validation(client):
+    """A run without a validation split chose on test (chosen_by=test_acc): its score is not
+    comparable with a validation score, so a choice made on validation is measured only
+    against other choices made on validation."""
+    on_test = {k: v for k, v in trained(0.0, 99.0).items() if k != "val_acc"}
+    register_best_student("hint", on_test, "test_acc")
+    on_val, moved = register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    assert moved == [data_alias(DATA), "best"] and holder(client).version == on_val
+    _, moved = register_best_student("cosine", trained(59.0, 70.0), "val_acc")
+    assert moved == [] and holder(client).version == on_val
+
+
 def test_a_model_of_other_data_never_takes_best(client):
     first, _ = register_best_student("kd", trained(40.0, 40.0), "val_acc")
     other, moved = register_best_student("kd", trained(90.0, 90.0, OTHER_DATA), "val_acc")

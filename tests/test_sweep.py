@@ -10,6 +10,7 @@ from kdpipe.analysis import sweep
 from kdpipe.analysis.sweep import (
     analyse,
     chosen_test_metrics,
+    comparable,
     differing_keys,
     experiments,
     figure_label,
@@ -80,9 +81,19 @@ def test_the_best_setting_is_chosen_on_validation_and_tested_once():
     assert verdict(t1["val_vs_same"], "p_holm") == "noise"
 
 
+def test_experiments_on_other_data_are_left_out_and_counted():
+    """other-data scores 99: on its own data, not comparable; it must neither be chosen nor
+    serve as the best baseline."""
+    models, left_out = comparable(FOUND)
+    assert left_out == 1 and {m.experiment for m in models} == {"base", "t4", "t1", "long"}
+    result = analyse(models)
+    assert result["best_baseline"].experiment == "long"
+    assert result["chosen"]["trained"].experiment != "other-data"
+
+
 def test_the_report_names_the_choice_and_calls_noise_noise():
-    models = trained_models(FOUND[:4])
-    text = markdown(analyse(models), differing_keys(models), left_out=1)
+    models, left_out = comparable(FOUND)
+    text = markdown(analyse(models), differing_keys(models), left_out)
     assert "**Chosen on validation: kd, distill.kd.temperature=4, student.epochs=10.**" in text
     assert "| noise |" in text and "Holm" in text and "1 experiment(s) on other data" in text
 

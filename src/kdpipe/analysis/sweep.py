@@ -135,6 +135,18 @@ def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
     return list(unique.values())
 
 
+def comparable(found: list[tuple[str, dict, dict]]) -> tuple[list[Setting], int]:
+    """The settings trained on the first experiment's (the workspace's) data, teacher, seeds
+    and device, and how many experiments were left out for differing there: scores on other
+    data or from another teacher do not compare."""
+    def common(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k.startswith(COMMON)}
+
+    workspace = common(found[0][1])
+    left_out = len({name for name, params, _ in found if common(params) != workspace})
+    return [m for m in trained_models(found) if m.common == workspace], left_out
+
+
 def normal(params: dict) -> dict:
     """Numbers as floats: `-S distill.kd.temperature=4` and a committed 4.0 are one setting."""
     return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -321,10 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     found = experiments(args.all_commits)
     if not found:
         sys.exit("error: no experiment with metrics/models.json; run `dvc exp run` first")
-    workspace = {k: v for k, v in found[0][1].items() if k.startswith(COMMON)}
-    models = [m for m in trained_models(found) if m.common == workspace]
-    left_out = len({name for name, params, _ in found
-                    if {k: v for k, v in params.items() if k.startswith(COMMON)} != workspace})
+    models, left_out = comparable(found)
     keys = differing_keys(models)
     result = analyse(models)
     files = [args.out.with_suffix(".md"), args.out.with_suffix(".png"),
