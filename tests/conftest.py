@@ -99,20 +99,20 @@ def built(tmp_path_factory) -> Path:
     (repo / "repro.log").write_text(sh(["dvc", "repro"], repo, env))
     sh(["git", "add", "dvc.lock"], repo)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], repo)
-    before = digest(repo)
+    before = digests(repo)
     yield repo
-    assert digest(repo) == before, "a test changed the shared `built` project: clone it first"
+    after = digests(repo)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"tests changed the shared `built` project (clone it first): {changed}"
 
 
 # What reading a project may touch: DVC's and git's own caches of what they looked at.
 NOT_CONTENT = (".dvc/tmp", ".git/index")
 
 
-def digest(repo: Path) -> str:
-    """sha256 over every file of `repo` (path and content) but NOT_CONTENT."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in repo.rglob("*") if p.is_file() and not p.is_symlink()):
-        rel = path.relative_to(repo).as_posix()
-        if not rel.startswith(NOT_CONTENT) and "__pycache__" not in rel:
-            h.update(rel.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+def digests(repo: Path) -> dict[str, str]:
+    """sha256 of every file of `repo` but NOT_CONTENT, by path."""
+    return {rel: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in repo.rglob("*") if path.is_file() and not path.is_symlink()
+            for rel in [path.relative_to(repo).as_posix()]
+            if not rel.startswith(NOT_CONTENT) and "__pycache__" not in rel}

@@ -67,7 +67,8 @@ def clone(built: Path, dest: Path) -> Path:
     shutil.copytree(built, dest, symlinks=True)
     with sqlite3.connect(dest / "mlflow.db") as db:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                              ("logged_models", "artifact_location")):
+                              ("logged_models", "artifact_location"),
+                              ("model_versions", "storage_location")):
             db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
                        (built.resolve().as_uri(), dest.resolve().as_uri()))
     return dest

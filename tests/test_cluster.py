@@ -200,3 +200,31 @@ def test_a_killed_teacher_job_resumes_from_its_checkpoint_when_resubmitted(built
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert re.search(r"teacher-42: resuming after epoch [123] of 4", again.stdout + again.stderr)
     assert not checkpoints.exists()  # the job succeeded: its checkpoints are gone
+
+
+def test_a_file_is_committed_in_git_or_through_a_dvc_file_of_its_own_or_a_folder_above():
+    from kdpipe.ops.cluster import committed
+
+    assert committed("teachers/deepnn.pt", {"teachers/deepnn.pt"})
+    assert committed("teachers/deepnn.pt", {"teachers/deepnn.pt.dvc"})
+    assert committed("teachers/big/deepnn.pt", {"teachers.dvc"})
+    assert not committed("teachers/deepnn.pt", {"teachers/other.pt.dvc", "deepnn.pt.dvc"})
+
+
+def test_submit_hands_sbatch_the_script_and_keeps_the_job_id(tmp_path, monkeypatch):
+    """With a fake `sbatch` on PATH: the script goes to its stdin, `--parsable`'s
+    "<id>;<cluster>" gives the id later jobs depend on, and a refusal ends with one line."""
+    from kdpipe.ops.cluster import submit
+
+    fake = tmp_path / "sbatch"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = --parsable ] || exit 3\ncat > {tmp_path}/script\n'
+                    'if grep -q refuse "' f'{tmp_path}/script"; then echo "bad partition" >&2; '
+                    'exit 1; fi\necho "4242;cluster1"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    jobs: dict[str, str] = {}
+    assert submit("#!/bin/bash\necho prepare\n", False, jobs, "prepare") == "4242"
+    assert jobs == {"prepare": "4242"}
+    assert (tmp_path / "script").read_text() == "#!/bin/bash\necho prepare\n"
+    with pytest.raises(SystemExit, match="error: sbatch refused train_teacher: bad partition"):
+        submit("#!/bin/bash\n# refuse\n", False, jobs, "train_teacher")

@@ -16,7 +16,7 @@ import yaml
 from kdpipe.data.prepared import Prepared
 from kdpipe.export import exporter
 from kdpipe.measure.evaluate import top1
-from tests.project import clean_env, read_json, wait_for_server
+from tests.project import clean_env, clone, read_json, wait_for_server
 from tests.test_pipeline import mlflow_client
 from tests.test_safety import closed_port
 
@@ -71,10 +71,11 @@ def test_export_ships_the_student_chosen_on_validation(built):
         assert row in report
 
 
-def test_the_onnx_model_is_logged_with_its_lineage_and_registered(built):
+def test_the_onnx_model_is_logged_with_its_lineage_and_registered(built, tmp_path):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    built = clone(built, tmp_path / "repo")  # loading a registered model writes beside it
     client = mlflow_client(built)
     chosen = read_json(built / "models" / "chosen.json")
     version = client.get_model_version_by_alias("kd-student-onnx", "best")
@@ -115,6 +116,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_the_served_student_predicts_as_the_pipeline_and_refuses_bad_input(built, tmp_path):
     """docs/deployment.md's command, on a free loopback port; the server is always stopped."""
+    built = clone(built, tmp_path / "repo")  # loading a registered model writes beside it
     port, log = closed_port(), tmp_path / "serve.log"
     env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{built / 'mlflow.db'}"}
     server = subprocess.Popen(

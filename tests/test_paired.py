@@ -27,3 +27,22 @@ def test_a_zero_weight_method_trains_the_baseline_student_bit_for_bit(built, tmp
         for key in ("test_acc", "val_acc", "history"):
             assert record[key] == base_record[key], (method, key)
 
+
+
+def test_with_views_the_cache_holds_every_view_and_the_pair_still_holds(built, tmp_path):
+    """data.views through the real stages: teacher_targets caches the teacher on each image's
+    2 views, the distill stage reads them, and a zero-weight kd still trains the baseline
+    student (on the same views) bit for bit."""
+    import numpy as np
+
+    repo = clone(built, tmp_path / "repo")
+    edit_params(repo, {"data": {"views": 2}, "distill": {"methods": ["kd"], "kd": ZERO["kd"]}})
+    sh(["dvc", "repro"], repo)
+    train_images = sum(read_json(repo / "data" / "prepared" / "summary.json")["counts"]["train"]
+                       .values())
+    assert read_json(repo / "data" / "teacher_targets" / "meta.json")["views"] == 2
+    assert len(np.load(repo / "data" / "teacher_targets" / "logits.npy")) == 2 * train_images
+    baseline = safe_load(repo / "models" / "student-42.pt")
+    kd = safe_load(repo / "models" / "kd-42.pt")
+    assert baseline["config"]["data.views"] == kd["config"]["data.views"] == 2
+    assert all(torch.equal(kd["state_dict"][k], v) for k, v in baseline["state_dict"].items())

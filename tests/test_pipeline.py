@@ -7,7 +7,14 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.project import MODELS_PER_SEED, clean_env, ran_stages, read_json, wait_for_server
+from tests.project import (
+    MODELS_PER_SEED,
+    clean_env,
+    clone,
+    ran_stages,
+    read_json,
+    wait_for_server,
+)
 from tests.test_safety import closed_port
 
 STAGES = ["check_params", "prepare", "train_teacher", "train_student@42", "teacher_targets",
@@ -130,10 +137,11 @@ def test_dvc_plots_draw_loss_and_accuracy_for_every_model_and_seed(built):
         assert files == {f"{m}-42.csv" for m in MODELS}, plot
 
 
-def test_logged_student_model_loads_and_predicts_a_batch(built):
+def test_logged_student_model_loads_and_predicts_a_batch(built, tmp_path):
     import mlflow
     import torch
 
+    built = clone(built, tmp_path / "repo")  # loading a logged model writes beside it
     mlflow_client(built)
     model_id = read_json(built / "metrics" / "seeds" / "kd-42.json")["mlflow_model_id"]
     model = mlflow.pytorch.load_model(f"models:/{model_id}")
@@ -141,10 +149,11 @@ def test_logged_student_model_loads_and_predicts_a_batch(built):
     assert model(images).shape == (3, 10)
 
 
-def test_the_best_student_is_registered_as_chosen_on_validation(built):
+def test_the_best_student_is_registered_as_chosen_on_validation(built, tmp_path):
     import mlflow
     import torch
 
+    built = clone(built, tmp_path / "repo")  # loading a registered model writes beside it
     client = mlflow_client(built)
     models = read_json(built / "metrics" / "models.json")
     best = client.get_model_version_by_alias("kd-student", "best")
