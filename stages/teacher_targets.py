@@ -42,7 +42,7 @@ def main() -> None:
     features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
     with store.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
         log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
-                                                        store.repo_root(), PREPARED_DIR))
+                                                  store.repo_root(), PREPARED_DIR))
         link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
         views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device)

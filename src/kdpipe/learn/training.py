@@ -111,7 +111,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
             log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
-                                                            store.repo_root(), PREPARED_DIR))
+                                                      store.repo_root(), PREPARED_DIR))
             if teacher_saved:
                 link_teacher(teacher_saved)
         views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device)
