@@ -160,7 +160,23 @@ def test_a_stage_outliving_its_warm_process_does_not_keep_a_new_one_out(root, en
         assert code == 0 and not seen["cold"] and seen["ppid"] != old, err
     finally:
         (root / "done").touch()
-        finish(first)
+        code, err = finish(first)
+    # Only the warm process learns a stage's exit status: with it gone, the launcher says so
+    # and fails rather than report a success it cannot know.
+    assert code == 1
+    assert "kdpipe: the warm process went away; the exit status of stage process" in err
+
+
+def test_a_stage_whose_launcher_is_killed_is_interrupted(root, env):
+    """DVC or the user killing the launcher (SIGKILL: it forwards nothing) must not leave the
+    stage running in the warm process: it is interrupted as SIGTERM would (MLflow run KILLED,
+    checkpoint kept)."""
+    proc = start(root, env, "wait", str(root / "never"))
+    stage = report(proc)["pid"]
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not Path(f"/proc/{stage}").exists()
+             or Path(f"/proc/{stage}/stat").read_text().split()[2] == "Z")
 
 
 def test_a_folder_others_may_use_is_not_trusted(root, env):
