@@ -225,3 +225,14 @@ def test_a_dataset_insert_beaten_by_a_parallel_stage_links_the_winner(tmp_path, 
     monkeypatch.setattr(mlflow, "log_input", denied)
     with stage_run("datasets", "prepare", {}), pytest.raises(mlflow.MlflowException):
         log_dataset(summary, tmp_path.as_uri())
+
+
+def test_a_model_logged_to_another_store_is_not_registered_here(client, capsys):
+    """A student restored from DVC's run-cache was logged where it trained (another machine's
+    own store): this store cannot register it, says so, and leaves every alias alone."""
+    first, _ = register_best_student("kd", trained(60.0, 58.0), "val_acc")
+    elsewhere = {**trained(70.0, 70.0), "mlflow_model_id": "m-" + "0" * 32}
+    version, moved = register_best_student("hint", elsewhere, "val_acc")
+    assert version.startswith("none") and moved == [] and holder(client).version == first
+    assert "was logged to another MLflow store" in capsys.readouterr().out
+    assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL}'")) == 1

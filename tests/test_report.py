@@ -130,3 +130,21 @@ def test_timings_taken_under_load_are_marked(monkeypatch):
     assert "Timings taken under load" in lines[1] and "kd (1.50)" in lines[1]
     assert "student" not in lines[1]
     assert load_lines({"student": {"other_load_per_core": 0.1}}) == []
+
+
+def test_the_accuracy_figure_draws_each_models_mean_ci_and_seeds_at_its_name():
+    from kdpipe.analysis.figures import accuracy_by_model
+
+    models = {"student": {"test_acc": 70.0, "test_acc_ci95": 1.0,
+                          "test_acc_per_seed": {"42": 69.0, "43": 71.0}},
+              "kd": {"test_acc": 72.0, "test_acc_ci95": 0.5,
+                     "test_acc_per_seed": {"42": 71.5, "43": 72.5}}}
+    ax = accuracy_by_model({"models": models}).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["student", "kd"]
+    assert ax.get_xlim() == (-0.5, 1.5)
+    means = [line for line in ax.lines if line.get_marker() == "o"]  # not the CI's caps
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in means] == [(0, 70.0),
+                                                                             (1, 72.0)]
+    dots = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 2]
+    assert [list(d[:, 1]) for d in dots] == [[69.0, 71.0], [71.5, 72.5]]
+    assert all(x == i + 0.12 for i, d in enumerate(dots) for x in d[:, 0])
