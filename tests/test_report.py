@@ -148,3 +148,23 @@ def test_the_accuracy_figure_draws_each_models_mean_ci_and_seeds_at_its_name():
     dots = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 2]
     assert [list(d[:, 1]) for d in dots] == [[69.0, 71.0], [71.5, 72.5]]
     assert all(x == i + 0.12 for i, d in enumerate(dots) for x in d[:, 0])
+
+
+def test_the_curves_and_latency_figures_draw_each_run_and_model_where_it_belongs():
+    from kdpipe.analysis.figures import accuracy_vs_latency, learning_curves
+
+    history = [{"epoch": 1, "val_acc": 50.0}, {"epoch": 2, "val_acc": 60.0}]
+    runs = {"student": [{"curve": "val_acc", "history": history}] * 2,
+            "kd": [{"curve": "val_acc", "history": [{**r, "val_acc": r["val_acc"] + 5}
+                                                    for r in history]}]}
+    ax = learning_curves(runs).axes[0]
+    assert [list(line.get_ydata()) for line in ax.lines] == [[50.0, 60.0], [50.0, 60.0],
+                                                             [55.0, 65.0]]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["student", "kd"]
+    models = {"teacher": {"inference_ms_batch1": 5.0, "test_acc": 71.0, "test_acc_ci95": None},
+              "kd": {"inference_ms_batch1": 0.3, "test_acc": 68.0, "test_acc_ci95": 1.0}}
+    ax = accuracy_vs_latency({"models": models}).axes[0]
+    points = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines
+              if line.get_marker() == "o"]
+    assert points == [(5.0, 71.0), (0.3, 68.0)]
+    assert [t.get_text() for t in ax.texts] == ["teacher", "kd"] and ax.get_xscale() == "log"
