@@ -3,15 +3,14 @@ change, even to a key no other stage reads (a typo such as `distill.methds`), is
 next `dvc repro`, failing with one line. Writes the validated params, defaults filled in (each
 method's section validated by its own module), and which teacher outputs the listed methods
 read (stage teacher_targets caches those)."""
-from kdpipe.core.config import as_dict, load_config
+from kdpipe.core.config import Config, as_dict
 from kdpipe.core.files import write_json
 from kdpipe.core.paths import CHECKED_PARAMS, TEACHER_NEEDS
 from kdpipe.learn.methods import registry
 from kdpipe.ops.stage import run_stage
 
 
-def main() -> None:
-    cfg = load_config()
+def main(cfg: Config) -> None:
     checked = as_dict(cfg)
     del checked["distill"]["sections"]
     checked["distill"] |= registry.check_all(cfg)

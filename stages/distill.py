@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from kdpipe.core.config import as_dict, load_config, section
+from kdpipe.core.config import Config, as_dict, section
 from kdpipe.core.paths import PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Prepared
@@ -21,9 +21,8 @@ from kdpipe.learn.training import ModelSpec, seeded_model, train_model
 from kdpipe.ops.stage import run_stage
 
 
-def main() -> None:
+def main(cfg: Config) -> None:
     name, seed = sys.argv[1], int(sys.argv[2])
-    cfg = load_config()
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,

@@ -9,17 +9,18 @@ from pathlib import Path
 import torch
 
 from kdpipe.analysis.chosen import CHOSEN_FILE
-from kdpipe.core.config import Config, flat, load_config, section
-from kdpipe.core.files import atomic_path, read_json, write_json, write_text
+from kdpipe.core.config import Config, section
+from kdpipe.core.files import atomic_path, read_json, write_text
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR
 from kdpipe.core.runtime import resolve_precision
 from kdpipe.data.prepared import Prepared
 from kdpipe.data.sources import balanced_subset
 from kdpipe.export import exporter
-from kdpipe.export.report import log_export, markdown
+from kdpipe.export.report import lineage, log_export, markdown
 from kdpipe.measure.evaluate import top1
 from kdpipe.measure.inference import inference_cost
 from kdpipe.ops.stage import run_stage
+from kdpipe.tracking.stage_record import recorded_stage
 
 CPU = torch.device("cpu")  # where a deployment runs the student, and what it is timed on
 
@@ -56,8 +57,7 @@ def int8_row(cfg: Config, fp32: Path, prepared: Prepared, test: tuple, threads: 
     return row
 
 
-def main() -> None:
-    cfg = load_config()
+def main(cfg: Config) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
@@ -90,22 +90,23 @@ def main() -> None:
     results = {"model": f"{choice['method']}-{record['seed']}", "chosen_by": choice["chosen_by"],
                "file": ONNX_FILE.as_posix(), "opset": exporter.OPSET, "test_images": len(images),
                "threads": threads, **parity, "runtimes": runtimes}
-    write_json(EXPORT_METRICS, results)
     write_text(EXPORT_REPORT, markdown(results, cfg.export.int8_max_loss))
     numbers = {f"{runtime}.{key}": float(value) for runtime, row in runtimes.items()
                for key, value in row.items() if isinstance(value, (int, float))}
-    version, moved = log_export(cfg.mlflow.experiment, flat(section(cfg, *EXPORT_KEYS)), choice,
-                                ONNX_FILE, images[:2], [EXPORT_REPORT, EXPORT_METRICS],
-                                numbers | parity)
+    with recorded_stage(cfg.mlflow.experiment, "export", section(cfg, *EXPORT_KEYS),
+                        EXPORT_METRICS, tags=lineage(choice)) as stage:
+        stage.finish({}, extra=results)
+        version, moved = log_export(stage.run, choice, ONNX_FILE, images[:2],
+                                    [EXPORT_REPORT, EXPORT_METRICS], numbers | parity)
     print(markdown(results, cfg.export.int8_max_loss))
     print(f"registered {ONNX_FILE} as kd-student-onnx version {version}; aliases moved to it: "
           f"{', '.join(moved) or 'none'}")
 
 
-def checked() -> None:
+def checked(cfg: Config) -> None:
     """`main`, with a failed parity check as one line, as the expected failures are."""
     try:
-        main()
+        main(cfg)
     except exporter.ParityError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,7 @@ the stage then writes only the cache's meta.json, in about a second."""
 import math
 import time
 
-from kdpipe.core.config import load_config, section
+from kdpipe.core.config import Config, section
 from kdpipe.core.files import folder_mb, read_json, write_json
 from kdpipe.core.machine import environment, stage_cost
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
@@ -21,15 +21,17 @@ from kdpipe.learn.models import feature_shape
 from kdpipe.learn.teacher_targets import check_cache_fits, compute_targets, save_targets
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
-from kdpipe.tracking.run_log import link_teacher, log_dataset, log_final
+from kdpipe.tracking.run_log import link_teacher, log_dataset
+from kdpipe.tracking.stage_record import recorded_stage
+
+METRICS_FILE = METRICS_DIR / "teacher_targets.json"
 
 
-def main() -> None:
-    cfg = load_config()
+def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
     if cfg.data.augment:
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest, "live_teacher": True})
-        write_json(METRICS_DIR / "teacher_targets.json", {"cached_samples": 0, **stage_cost()})
+        write_json(METRICS_FILE, {"cached_samples": 0, **stage_cost()})
         print("data.augment is on: the distill stages run the teacher live on each augmented "
               "batch; nothing to cache")
         return
@@ -40,7 +42,8 @@ def main() -> None:
                      "data.augment", "data.views", "data.mean", "data.std")
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
     features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
-    with store.stage_run(cfg.mlflow.experiment, "teacher_targets", params):
+    with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params, METRICS_FILE,
+                        env=environment(runtime)) as stage:
         log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
                                                   store.repo_root(), PREPARED_DIR))
         link_teacher(saved)
@@ -59,12 +62,10 @@ def main() -> None:
                                    "teacher_run_id": saved["mlflow_run_id"],
                                    "teacher_layer": teacher.layer, "views": cfg.data.views},
                      logits, maps)
-        metrics = {"cached_samples": len(logits),
-                   "feature_values": math.prod(shape) if shape else 0,
-                   "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
-                   "size_mb": round(folder_mb(TARGETS_DIR), 1), **stage_cost()}
-        log_final(metrics, environment(runtime))
-        write_json(METRICS_DIR / "teacher_targets.json", metrics)
+        stage.finish({"cached_samples": len(logits),
+                      "feature_values": math.prod(shape) if shape else 0,
+                      "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
+                      "size_mb": round(folder_mb(TARGETS_DIR), 1)})
     say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
         f"-> {TARGETS_DIR}")
 

@@ -8,7 +8,7 @@ usage: python stages/train.py teacher          (seed: params `seed`)
 import sys
 from dataclasses import replace
 
-from kdpipe.core.config import as_dict, load_config, section
+from kdpipe.core.config import Config, as_dict, section
 from kdpipe.core.paths import PREPARED_DIR
 from kdpipe.core.progress import say
 from kdpipe.core.runtime import setup
@@ -23,9 +23,8 @@ DESCRIPTIONS = {"teacher": "teacher (cross-entropy)",
                 "student": "baseline student (cross-entropy)"}
 
 
-def main() -> None:
+def main(cfg: Config) -> None:
     name = sys.argv[1]
-    cfg = load_config()
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else cfg.seed
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)

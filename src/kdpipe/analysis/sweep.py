@@ -310,9 +310,9 @@ def chosen_test_metrics(name: str, gain: dict) -> dict:
 
 def log_to_mlflow(files: list[Path], data: dict) -> None:
     from kdpipe.core.config import load_config
-    from kdpipe.tracking import store
+    from kdpipe.tracking.stage_record import recorded_stage
 
-    with store.stage_run(load_config().mlflow.experiment, "sweep", {}):
+    with recorded_stage(load_config().mlflow.experiment, "sweep", {}):
         import mlflow
 
         for path in files:

@@ -9,7 +9,7 @@ import numpy as np
 
 from kdpipe.core.markdown import table
 from kdpipe.export.exporter import MIN_AGREEMENT, OPSET, OUTPUT
-from kdpipe.tracking import registry, store
+from kdpipe.tracking import registry
 from kdpipe.tracking.run_log import in_store
 
 LABELS = {"pytorch": "PyTorch (eager, fp32)", "onnxruntime": "onnxruntime fp32",
@@ -50,38 +50,43 @@ def markdown(results: dict, max_loss: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_export(experiment: str, params: dict, choice: dict, onnx_file: Path,
-               example: np.ndarray, files: list[Path], numbers: dict) -> tuple[str, list[str]]:
-    """One MLflow run `export`: the ONNX model, its numbers and report, the PyTorch model it came
-    from as an input; then the registered version. Returns (version, aliases moved to it)."""
+def lineage(choice: dict) -> dict:
+    """Tags naming the run and model the exported student came from."""
+    record = choice["record"]
+    return {"student.run_id": record["mlflow_run_id"],
+            "student.model_id": record["mlflow_model_id"]}
+
+
+def log_export(run, choice: dict, onnx_file: Path, example: np.ndarray, files: list[Path],
+               numbers: dict) -> tuple[str, list[str]]:
+    """Into stage export's open MLflow `run`: the ONNX model, its numbers and report, the
+    PyTorch model it came from as an input; then the registered version. Returns (version,
+    aliases moved to it)."""
     import mlflow
     import onnx
     import onnxruntime
     from mlflow.entities import LoggedModelInput
 
     record = choice["record"]
-    lineage = {"student.run_id": record["mlflow_run_id"],
-               "student.model_id": record["mlflow_model_id"]}
-    with store.stage_run(experiment, "export", params, tags=lineage) as run:
-        linked = in_store([record["mlflow_model_id"]])
-        mlflow.MlflowClient().log_inputs(run.info.run_id,
-                                         models=[LoggedModelInput(m) for m in linked])
-        session = onnxruntime.InferenceSession(str(onnx_file),
-                                               providers=["CPUExecutionProvider"])
-        signature = mlflow.models.infer_signature(
-            example, session.run([OUTPUT], {session.get_inputs()[0].name: example})[0])
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_file)), name="model", signature=signature,
-            input_example=example, tags=lineage, save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],
-            # Explicit requirements: inferring them costs a subprocess (up to minutes).
-            pip_requirements=[f"onnx=={onnx.__version__}",
-                              f"onnxruntime=={onnxruntime.__version__}"])
-        mlflow.log_metrics(numbers)
-        for path in files:
-            mlflow.log_artifact(str(path))
-        tags = registry.version_tags(choice["method"], record, choice["chosen_by"])
-        tags |= {"format": "onnx", "opset": str(OPSET),
-                 "source_model_id": record["mlflow_model_id"]}
-        return registry.register_best(registry.ONNX_REGISTERED_MODEL, info.model_id,
-                                      run.info.run_id, tags)
+    linked = in_store([record["mlflow_model_id"]])
+    mlflow.MlflowClient().log_inputs(run.info.run_id,
+                                     models=[LoggedModelInput(m) for m in linked])
+    session = onnxruntime.InferenceSession(str(onnx_file),
+                                           providers=["CPUExecutionProvider"])
+    signature = mlflow.models.infer_signature(
+        example, session.run([OUTPUT], {session.get_inputs()[0].name: example})[0])
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_file)), name="model", signature=signature,
+        input_example=example, tags=lineage(choice), save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+        # Explicit requirements: inferring them costs a subprocess (up to minutes).
+        pip_requirements=[f"onnx=={onnx.__version__}",
+                          f"onnxruntime=={onnxruntime.__version__}"])
+    mlflow.log_metrics(numbers)
+    for path in files:
+        mlflow.log_artifact(str(path))
+    tags = registry.version_tags(choice["method"], record, choice["chosen_by"])
+    tags |= {"format": "onnx", "opset": str(OPSET),
+             "source_model_id": record["mlflow_model_id"]}
+    return registry.register_best(registry.ONNX_REGISTERED_MODEL, info.model_id,
+                                  run.info.run_id, tags)

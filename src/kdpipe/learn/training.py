@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdpipe.core.config import Config, DataConfig, TrainConfig, flat
-from kdpipe.core.files import write_json, write_text, write_with
-from kdpipe.core.machine import environment, stage_cost
+from kdpipe.core.config import Config, DataConfig, TrainConfig
+from kdpipe.core.files import write_text, write_with
+from kdpipe.core.machine import environment
 from kdpipe.core.paths import (
     PREPARED_DIR,
     model_file,
@@ -33,7 +33,8 @@ from kdpipe.learn.objective import Objective
 from kdpipe.measure.fidelity import expected_calibration_error
 from kdpipe.measure.inference import inference_cost
 from kdpipe.tracking import store
-from kdpipe.tracking.run_log import link_teacher, log_dataset, log_epoch, log_final, log_model
+from kdpipe.tracking.run_log import link_teacher, log_dataset, log_epoch, log_model
+from kdpipe.tracking.stage_record import recorded_stage
 
 
 @dataclass
@@ -106,8 +107,10 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     run_id = resumed["mlflow_run_id"] if resumed else None
     # Tag `model` (teacher, student, kd, ...): "Group by" it in the UI to see each model's
     # curves over its seeds as one line with a band.
-    with store.stage_run(cfg.mlflow.experiment, spec.run_name, flat(spec.params), run_id,
-                         tags={"model": spec.name, **spec.tags}) as run:
+    with recorded_stage(cfg.mlflow.experiment, spec.run_name, spec.params,
+                        seed_metrics_file(spec.name, spec.seed), env=environment(runtime),
+                        run_id=run_id, tags={"model": spec.name, **spec.tags}) as stage:
+        run = stage.run
         checkpoint.extra = {"mlflow_run_id": run.info.run_id}
         if run_id is None:
             log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],
@@ -126,16 +129,14 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                   "classes": prepared.classes, "config": spec.params,
                                   "data_sha256": prepared.digest, "inputs": inputs, **ids})
         curve = data.curve()[0]
-        metrics = final_metrics(spec, model, result, curve, saved_file, runtime,
-                                prepared.image_size, data.test_y.cpu())
-        log_final(metrics, environment(runtime))
-        record = {**metrics, **ids, "description": spec.description,
-                  "data_sha256": prepared.digest, "curve": curve,
-                  "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
-                              for r in result.history]}
         write_with(prediction_file(spec.name, spec.seed),
                    lambda tmp: np.save(tmp, result.test_logits.numpy()))
-        write_json(seed_metrics_file(spec.name, spec.seed), record)
+        metrics = stage.finish(
+            final_metrics(spec, model, result, curve, saved_file, runtime,
+                          prepared.image_size, data.test_y.cpu()),
+            extra={**ids, "description": spec.description, "data_sha256": prepared.digest,
+                   "curve": curve, "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
+                                               for r in result.history]})
         write_curves(plot_files(spec.name, spec.seed), result.history, curve)
     checkpoint.remove()
     return metrics
@@ -158,7 +159,6 @@ def final_metrics(spec: ModelSpec, model: Tapped, result: Trained, curve: str,
         "train_images_per_second": round(speed, 1),
         **inference_cost(model.model, saved_file, runtime.device, image_size,
                          bf16=runtime.precision == "bf16"),
-        **stage_cost(),  # last: the wall time covers everything the stage did before it
     }
 
 

@@ -1,6 +1,6 @@
-"""What a stage records in its MLflow run (opened by kdpipe.tracking.store.stage_run): the
-per-epoch curves, the final metrics and the machine, the data and the teacher it learned from,
-the trained model, and the comparison."""
+"""What a stage records in its MLflow run (opened by tracking.stage_record.recorded_stage):
+the per-epoch curves, the final metrics and the machine, the data and the teacher it learned
+from, the trained model, and the comparison."""
 from __future__ import annotations
 
 import copy
