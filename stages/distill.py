@@ -1,6 +1,7 @@
 """Stages `distill@<method>-<seed>` (a method of `distill.methods`): a fresh student (same
 initial weights and batch order as the baseline student of that seed) trained with
-cross-entropy plus the method's term against the frozen teacher.
+cross-entropy plus the method's term against the frozen teacher (its non-target logits
+shuffled with `distill.<method>.teacher: shuffled`; none for a control that reads no teacher).
 
 usage: python stages/distill.py <method> <seed>
 """
@@ -16,6 +17,7 @@ from kdpipe.learn.checkpoint import load_teacher
 from kdpipe.learn.methods import registry
 from kdpipe.learn.models import feature_shape
 from kdpipe.learn.objective import FeatureShapes
+from kdpipe.learn.shuffled_teacher import ShuffledTeacher
 from kdpipe.learn.teacher_targets import teacher_source
 from kdpipe.learn.training import ModelSpec, seeded_model, train_model
 from kdpipe.ops.stage import run_stage
@@ -42,14 +44,20 @@ def main(cfg: Config) -> None:
     source = teacher_source(augment=cfg.data.augment, teacher=teacher, teacher_saved=saved,
                             autocast=runtime.autocast, folder=TARGETS_DIR, needs=objective.needs,
                             device=runtime.device, data_sha256=prepared.digest,
-                            views=cfg.data.views)
+                            views=cfg.data.views) if method.needs else None
+    kind, description = registry.teacher(cfg, name), method.description
+    if kind == "shuffled":
+        labels = torch.from_numpy(prepared.splits["train"].labels)
+        source = ShuffledTeacher(source, labels, cfg.data.views, seed)
+        description += ", on the shuffled teacher (control)"
     params = {"seed": seed, **section(cfg, "device", "precision", "threads", "student",
                                       "teacher.feature_layer", "data.augment", "data.views",
                                       "data.mean", "data.std"),
-              f"distill.{name}": as_dict(settings)}
-    spec = ModelSpec(name, seed, "student", cfg.student, params,
-                     description=method.description)
-    metrics = train_model(spec, cfg, runtime, objective, prepared, source, saved)
+              f"distill.{name}": {**as_dict(settings), "teacher": kind}}
+    spec = ModelSpec(name, seed, "student", cfg.student, params, description=description,
+                     control=registry.is_control(cfg, name))
+    metrics = train_model(spec, cfg, runtime, objective, prepared, source,
+                          saved if method.needs else None)
     print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")
 
 

@@ -39,7 +39,8 @@ def aggregate(runs: list[dict]) -> dict:
     """One model's metrics over its seeds: accuracies as mean, std, CI and per-seed values;
     costs as means."""
     out: dict = {"seeds": [r["seed"] for r in runs],
-                 "description": runs[0].get("description", "")}  # what the training stage ran
+                 "description": runs[0].get("description", ""),  # what the training stage ran
+                 "control": runs[0].get("control", False)}  # a baseline recipe (the sweep's)
     for key in ("test_acc", "val_acc", *FIDELITY_KEYS):
         if key in runs[0]:
             values = [r[key] for r in runs]

@@ -7,12 +7,15 @@ metrics/models.json, which holds every model's per-seed validation and test accu
 DVC's cache at the experiment's commit) and
 groups the trained models by the params they read: a baseline student by its recipe (the
 `student` section), a distilled student by its recipe and its method's section. Duplicates (a
-model restored from DVC's cache in several experiments) count once. Then, on validation only:
+model restored from DVC's cache in several experiments) count once. The baselines are the
+plain students and the controls (label smoothing is a student recipe; teacher-free KD and a
+method on the shuffled teacher are controls: records marked `control`). Then, on validation
+only:
 
-- each setting's paired gain per seed over the baseline trained with the same recipe (what
-  the loss term adds) and over the best baseline (the baseline student's own best recipe among
-  those tried, chosen on validation: what you gain over training the student well), with 95%
-  CI and paired t-test p, Holm-adjusted for the number of settings tried;
+- each setting's paired gain per seed over the plain baseline trained with the same recipe
+  (what the loss term adds) and over the best baseline (the best of every recipe and control
+  tried, chosen on validation: what you gain over training the student well), with 95% CI and
+  paired t-test p, Holm-adjusted for the number of settings tried;
 - the best setting (highest mean validation accuracy).
 
 Only then that one setting's test gains, both ways. A gain whose adjusted p is not below 0.05
@@ -49,6 +52,11 @@ class Setting:
     test: dict[str, float]  # seed -> test accuracy
     experiment: str
     fidelity: dict = field(default_factory=dict)  # mean agreement, kl_to_teacher, test_ece
+    control: bool = False   # a baseline recipe that is not plain training (tfkd, shuffled, ...)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model == "student" or self.control
 
     @property
     def recipe(self) -> dict:
@@ -131,7 +139,8 @@ def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
                              default=str)
             fidelity = {k: row[k] for k in FIDELITY_KEYS if k in row}
             unique.setdefault(key, Setting(model, setting, common, row["val_acc_per_seed"],
-                                           row["test_acc_per_seed"], name, fidelity))
+                                           row["test_acc_per_seed"], name, fidelity,
+                                           row.get("control", False)))
     return list(unique.values())
 
 
@@ -159,15 +168,16 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict:
 
 
 def analyse(models: list[Setting]) -> dict:
-    baselines = [m for m in models if m.model == "student"]
-    if not baselines:
+    baselines = [m for m in models if m.is_baseline]
+    if not any(m.model == "student" for m in baselines):
         sys.exit("error: no baseline student in the experiments; run the pipeline first")
     best_baseline = max(baselines, key=Setting.mean_val)
     rows = []
     for m in models:
-        if m.model == "student":
+        if m.is_baseline:
             continue
-        same = next((b for b in baselines if b.recipe == m.recipe), None)
+        same = next((b for b in baselines if b.model == "student" and b.recipe == m.recipe),
+                    None)
         rows.append({"trained": m, "same_recipe": same,
                      "val_vs_same": paired(m.val, same.val) if same else None,
                      "val_vs_best": paired(m.val, best_baseline.val)})
@@ -184,7 +194,14 @@ def analyse(models: list[Setting]) -> dict:
                 "vs_best": paired(chosen["trained"].test, best_baseline.test)}
     return {"rows": sorted(rows, key=lambda r: -r["trained"].mean_val()),
             "best_baseline": best_baseline, "baselines": baselines, "chosen": chosen,
-            "test": test}
+            "test": test, "seeds": sorted({int(s) for m in models for s in m.val})}
+
+
+def seed_range(seeds: list[int]) -> str:
+    """42-46 for consecutive seeds, else the list."""
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive and len(seeds) > 1 else \
+        ", ".join(map(str, seeds))
 
 
 def differing_keys(models: list[Setting]) -> list[str]:
@@ -226,8 +243,15 @@ def markdown(result: dict, keys: list[str], left_out: int) -> str:
              "students; identical settings counted once). Gains are paired per seed, in "
              "accuracy points, mean ± 95% CI; p: paired t-test, Holm-adjusted for the settings "
              "tried; noise: adjusted p >= 0.05.",
-             "", f"Best baseline (chosen on validation): {describe(best, keys)}, "
-             f"val {best.mean_val():.2f}%.", ""]
+             "", f"Selected on validation (seeds {seed_range(result['seeds'])}); test measured "
+             "once, for the chosen setting. Baselines: every plain recipe and control tried "
+             f"({len(result['baselines'])}); the best, chosen on validation: "
+             f"**{best.model}, {describe(best, keys)}**, val {best.mean_val():.2f}%.", "",
+             *table(["baseline", "setting", "val acc %"],
+                    [[b.model + (" (control)" if b.control else ""), describe(b, keys),
+                      f"{b.mean_val():.2f}"]
+                     for b in sorted(result["baselines"], key=lambda b: -b.mean_val())], "llr"),
+             ""]
     if left_out:
         lines += [f"({left_out} experiment(s) on other data, teacher or seed settings left out: "
                   "their scores do not compare.)", ""]
@@ -294,8 +318,10 @@ def summary(result: dict, keys: list[str]) -> dict:
                 "fidelity": r["trained"].fidelity,
                 "val_vs_same": r["val_vs_same"], "val_vs_best": r["val_vs_best"]}
 
-    chosen = result["chosen"]
-    return {"differing_params": keys, "best_baseline": result["best_baseline"].setting,
+    chosen, best = result["chosen"], result["best_baseline"]
+    return {"differing_params": keys, "seeds": result["seeds"], "common": best.common,
+            "best_baseline": best.setting, "best_baseline_model": best.model,
+            "best_baseline_val_acc": best.mean_val(),
             "rows": [row(r) for r in result["rows"]],
             "chosen": row(chosen) if chosen else None, "chosen_test": result["test"]}
 

@@ -98,6 +98,9 @@ class TrainConfig:
                      default=MODELS_CODE)
     # The module whose output cosine and hint distil ("" = the architecture's default).
     feature_layer: str = ""
+    # Cross-entropy against (1 - eps) * one-hot + eps / classes (Szegedy et al. 2016): a control
+    # for what soft targets add beyond smoothing. 0 = plain cross-entropy, bit for bit.
+    label_smoothing: float = rule("a number in [0, 1)", lambda v: 0 <= v < 1, default=0.0)
 
     def check(self) -> str | None:
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:

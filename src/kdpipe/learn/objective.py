@@ -32,14 +32,17 @@ class Objective(nn.Module):
     """Cross-entropy on the labels; a method's subclass adds a term against the teacher."""
 
     needs: tuple[str, ...] = ()  # which TeacherOutputs fields the objective reads
+    # The cross-entropy's label smoothing: the model's recipe (<role>.label_smoothing), which
+    # the training stage sets, not the method's.
+    label_smoothing: float = 0.0
 
     def __init__(self, ce_weight: float = 1.0):
         super().__init__()
         self.ce_weight = ce_weight
 
     def forward(self, logits, features, labels, teacher: TeacherOutputs) -> torch.Tensor:
-        return self.ce_weight * F.cross_entropy(logits, labels) + self.extra(logits, features,
-                                                                              teacher, labels)
+        ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return self.ce_weight * ce + self.extra(logits, features, teacher, labels)
 
     def extra(self, logits, features, teacher: TeacherOutputs, labels) -> torch.Tensor | float:
         return 0.0
@@ -54,10 +57,12 @@ class Objective(nn.Module):
 class Method:
     """What a method's module registers as METHOD: the dataclass of its params section
     (distill.<name>), how it builds its objective from those settings and the feature shapes,
-    and what the report calls it."""
+    and what the report calls it. A control (`control=True`) is a baseline recipe, not
+    distillation: it reads no teacher, and the sweep counts it among the baselines."""
     settings: type
     objective: type[Objective]  # built as objective(settings, FeatureShapes)
     description: str
+    control: bool = False
 
     @property
     def needs(self) -> tuple[str, ...]:

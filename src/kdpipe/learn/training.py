@@ -47,6 +47,7 @@ class ModelSpec:
     init: dict | None = None  # weights to start from (a pretrained teacher), else random
     tags: dict = field(default_factory=dict)  # more MLflow tags (lineage)
     description: str = ""  # what the report calls it, e.g. "soft-target KD"
+    control: bool = False  # a baseline recipe that is not plain training (the sweep's baselines)
 
     @property
     def run_name(self) -> str:  # what the MLflow runs list shows, e.g. kd-43
@@ -97,6 +98,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         model.model.load_state_dict(spec.init)
     model = model.to(runtime.device, memory_format=torch.channels_last)
     objective = objective.to(runtime.device)
+    objective.label_smoothing = spec.train.label_smoothing
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
         if teacher_saved else {}
     key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs,
@@ -134,7 +136,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
         metrics = stage.finish(
             final_metrics(spec, model, result, curve, saved_file, runtime,
                           prepared.image_size, data.test_y.cpu()),
-            extra={**ids, "description": spec.description, "data_sha256": prepared.digest,
+            extra={**ids, "description": spec.description, "control": spec.control,
+                   "data_sha256": prepared.digest,
                    "curve": curve, "history": [{k: r[k] for k in ("epoch", "train_loss", curve)}
                                                for r in result.history]})
         write_curves(plot_files(spec.name, spec.seed), result.history, curve)

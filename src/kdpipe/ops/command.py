@@ -2,6 +2,7 @@
 
     kdpipe recipe strong [--queue]                         a named recipe (kdpipe.ops.recipes)
     kdpipe sweep [--all-commits] [--out reports/sweep]     the sweep report (kdpipe.analysis.sweep)
+    kdpipe confirm [--seeds 47-51] [--queue | --report]    the sweep's choice on fresh seeds
     kdpipe cluster submit|sweep [...]                      Slurm fan-out (kdpipe.ops.cluster)
     kdpipe gpu-check --kit .whl --archive ... --out ...    the default pipeline on CUDA
 
@@ -19,6 +20,8 @@ from pathlib import Path
 COMMANDS = {
     "recipe": ("kdpipe.ops.recipes", "run a named set of params overrides as a DVC experiment"),
     "sweep": ("kdpipe.analysis.sweep", "choose on validation over DVC experiments, test once"),
+    "confirm": ("kdpipe.analysis.confirm", "train the sweep's choice and best baseline on fresh "
+                "seeds; test the one gain"),
     "cluster": ("kdpipe.ops.cluster", "run the pipeline's stages or a sweep as Slurm jobs"),
     "gpu-check": ("benchmarks/gpu_check.py", "the default pipeline on CUDA, timed, as JSON"),
 }

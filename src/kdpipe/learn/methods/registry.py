@@ -19,6 +19,9 @@ from kdpipe.learn.objective import FeatureShapes, Method, Objective
 
 FOLDER = Path(__file__).parent
 NOT_METHODS = {"registry"}
+# A key any method's section may hold: which teacher it learns from. `shuffled` is a control
+# (kdpipe.learn.shuffled_teacher), for methods that read only the teacher's logits.
+TEACHERS = ("trained", "shuffled")
 
 
 def names() -> list[str]:
@@ -39,8 +42,31 @@ def method(name: str) -> Method:
 
 
 def settings(cfg: Config, name: str):
-    """The validated params section distill.<name> of a method, defaults filled in."""
-    return build(method(name).settings, cfg.distill.sections[name], f"distill.{name}")
+    """The validated params section distill.<name> of a method, defaults filled in (without
+    its `teacher` key: see `teacher`)."""
+    section = {k: v for k, v in cfg.distill.sections[name].items() if k != "teacher"}
+    return build(method(name).settings, section, f"distill.{name}")
+
+
+def teacher(cfg: Config, name: str) -> str:
+    """Which teacher method `name` learns from (distill.<name>.teacher, default trained),
+    checked against what the method reads and where the teacher's outputs come from."""
+    kind = cfg.distill.sections[name].get("teacher", "trained")
+    key = f"distill.{name}.teacher"
+    if kind not in TEACHERS:
+        raise ConfigError(f"{key}={kind!r}: expected one of {', '.join(TEACHERS)}")
+    if kind == "shuffled" and method(name).needs != ("logits",):
+        raise ConfigError(f"{key}=shuffled: it shuffles the teacher's logits, and {name} "
+                          f"reads {', '.join(method(name).needs) or 'no teacher'}")
+    if kind == "shuffled" and cfg.data.augment:
+        raise ConfigError(f"{key}=shuffled needs the cached teacher; data.augment=true runs "
+                          "it live (use data.views instead)")
+    return kind
+
+
+def is_control(cfg: Config, name: str) -> bool:
+    """Whether method `name`, as configured, is a control (a baseline recipe for the sweep)."""
+    return method(name).control or teacher(cfg, name) == "shuffled"
 
 
 def objective(cfg: Config, name: str, shapes: FeatureShapes | None = None) -> Objective:
@@ -52,7 +78,8 @@ def objective(cfg: Config, name: str, shapes: FeatureShapes | None = None) -> Ob
 
 def check_all(cfg: Config) -> dict:
     """Every section of params `distill` validated by its method: {name: settings as a dict}."""
-    return {name: asdict(settings(cfg, name)) for name in cfg.distill.sections}
+    return {name: {**asdict(settings(cfg, name)), "teacher": teacher(cfg, name)}
+            for name in cfg.distill.sections}
 
 
 def teacher_needs(cfg: Config) -> list[str]:

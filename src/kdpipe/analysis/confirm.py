@@ -1,0 +1,201 @@
+"""Confirm the sweep's choice on fresh seeds: one pre-registered comparison, tested once.
+
+    kdpipe confirm [--seeds 47-51 | --count 5] [--sweep reports/sweep.json] [--queue | --report]
+                   [--dry-run] [--out reports/confirm]
+
+Reads what `kdpipe sweep` chose on validation (reports/sweep.json): the chosen setting and the
+best baseline (the best plain recipe or control). Trains both again on seeds the selection
+never saw (default: the five after the sweep's; seeds it saw are refused), as DVC experiments
+(`dvc exp run --temp`: cached, resumable from DVC's run-cache, recorded in MLflow like every
+run; `--queue` queues them for `dvc queue start`, then `--report`). The chosen setting's test
+accuracy is paired per fresh seed with the best baseline's: its gain, 95% CI and p are the
+confirmation, reported beside the selection's figures. Writes <out>.md, <out>.json and an
+MLflow run `confirm`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from kdpipe.analysis.sweep import COMMON, experiments, normal, paired, seed_range
+from kdpipe.core.config import flat
+from kdpipe.core.errors import ConfigError
+from kdpipe.core.files import read_json, write_json, write_text
+from kdpipe.core.markdown import table
+from kdpipe.measure.stats import verdict
+
+
+def fresh_seeds(spec: str | None, count: int, seen: list[int]) -> list[int]:
+    """`spec` ("47-51" or "47,48,49") or the `count` seeds after the largest one seen; refused
+    where they overlap the seen ones."""
+    if spec is None:
+        return list(range(max(seen) + 1, max(seen) + 1 + count))
+    try:
+        first, _, last = spec.partition("-")
+        seeds = list(range(int(first), int(last) + 1)) if last else \
+            [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {spec!r}: expected a range such as 47-51 or a list "
+                          "such as 47,48,49") from None
+    overlap = sorted(set(seeds) & set(seen))
+    if overlap:
+        raise ConfigError(f"--seeds {spec}: {', '.join(map(str, overlap))} were seen by the "
+                          f"selection (seeds {seed_range(seen)}); a confirmation needs seeds it "
+                          "never saw")
+    if len(seeds) < 2:
+        raise ConfigError(f"--seeds {spec}: a paired test needs at least 2 seeds")
+    return seeds
+
+
+def check_workspace(common: dict, params: Path = Path("params.yaml")) -> None:
+    """The data, teacher and device the sweep compared on must be the workspace's, or the fresh
+    students would answer another question."""
+    here = {k: v for k, v in flat(yaml.safe_load(params.read_text())).items()
+            if k.startswith(COMMON) and k != "seeds"}
+    wanted = {k: v for k, v in common.items() if k != "seeds"}
+    differ = sorted(k for k in here.keys() | wanted.keys()
+                    if normal({k: here.get(k)}) != normal({k: wanted.get(k)}))
+    if differ:
+        k = differ[0]
+        raise ConfigError(f"params.yaml {k}={here.get(k)!r}, but the sweep compared settings at "
+                          f"{k}={wanted.get(k)!r} ({len(differ)} such key(s)); restore it")
+
+
+def arms(sweep: dict) -> dict[str, tuple[str, dict]]:
+    """{arm: (model, the params it read)} for the chosen setting and the best baseline."""
+    if not sweep.get("chosen"):
+        raise ConfigError("the sweep chose no setting (no distilled student); nothing to confirm")
+    return {"chosen": (sweep["chosen"]["model"], sweep["chosen"]["setting"]),
+            "baseline": (sweep["best_baseline_model"], sweep["best_baseline"])}
+
+
+def plan(sweep: dict, seeds: list[int]) -> dict[str, list[str]]:
+    """{experiment name: its `-S` overrides}: one experiment per arm (a baseline arm of plain
+    students also trains the chosen method, as `distill.methods` may not be empty)."""
+    chosen_model, chosen_setting = arms(sweep)["chosen"]
+    out = {}
+    for arm, (model, setting) in arms(sweep).items():
+        sets = {**chosen_setting, **setting} if model == "student" else dict(setting)
+        sets |= {"seeds": seeds, "distill.methods": [chosen_model if model == "student" else model]}
+        name = f"confirm-{arm}-{model}-{seed_range(seeds).replace(', ', '_')}"
+        out[name] = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                     for k, v in sorted(sets.items())]
+    return out
+
+
+def run(experiments_plan: dict[str, list[str]], queue: bool, dry_run: bool) -> None:
+    done = {name for name, _, _ in experiments(all_commits=False)}
+    for name, sets in experiments_plan.items():
+        if name in done:
+            print(f"{name}: done already")
+            continue
+        cmd = ["dvc", "exp", "run", "--queue" if queue else "--temp", "-n", name,
+               *[arg for s in sets for arg in ("-S", s)]]
+        print(" ".join(cmd), flush=True)
+        if not dry_run and subprocess.run(cmd).returncode != 0:
+            sys.exit(f"error: experiment {name} failed; rerun `kdpipe confirm` to resume it")
+
+
+def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
+    """The test accuracy per fresh seed of each arm, from its experiment, and the paired gain."""
+    found = {name: models for name, _, models in experiments(all_commits=False)}
+    tests = {}
+    for (arm, (model, _)), name in zip(arms(sweep).items(), names):
+        if name not in found:
+            raise ConfigError(f"experiment {name} has not finished; run `kdpipe confirm` (or "
+                              "`dvc queue start`) first")
+        per_seed = found[name][model]["test_acc_per_seed"]
+        if sorted(map(int, per_seed)) != seeds:
+            raise ConfigError(f"experiment {name} holds seeds {sorted(per_seed)}, not {seeds}")
+        tests[arm] = per_seed
+    return {"seeds": seeds, "test": tests, "gain": paired(tests["chosen"], tests["baseline"])}
+
+
+def markdown(sweep: dict, result: dict) -> str:
+    chosen, base = arms(sweep)["chosen"][0], arms(sweep)["baseline"][0]
+    g, selection = result["gain"], sweep["chosen"]["val_vs_best"]
+    p = "–" if g["p_value"] is None else f"{g['p_value']:.4f}"
+    selection_test = (sweep.get("chosen_test") or {}).get("vs_best") or {}
+    lines = ["# Confirmation on fresh seeds", "",
+             f"Selected on validation (seeds {seed_range(sweep['seeds'])}), confirmed on fresh "
+             f"seeds ({seed_range(result['seeds'])}): **{chosen}** against the best baseline, "
+             f"**{base}**, each trained again on seeds the selection never saw; test measured "
+             "once. Gains paired per seed, accuracy points, mean ± 95% CI; one pre-registered "
+             "test, so p is not adjusted.", ""]
+    mean = {arm: sum(v.values()) / len(v) for arm, v in result["test"].items()}
+    rows = [["selection: val gain over the best baseline", f"{selection['mean']:+.2f}",
+             f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
+             verdict(selection, "p_holm")]]
+    if selection_test:
+        rows.append(["selection: test gain, same seeds", f"{selection_test['mean']:+.2f}",
+                     f"{selection_test['p_value']:.4f} (selection's seeds)",
+                     verdict(selection_test, "p_value")])
+    ci = f" ± {g['ci95']:.2f}" if g["ci95"] is not None else ""
+    rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {mean['chosen']:.2f}% "
+                 f"vs {base} {mean['baseline']:.2f}%)", f"**{g['mean']:+.2f}{ci}**", p,
+                 f"**{verdict(g, 'p_value')}**"])
+    lines += table(["figure", "gain (pp)", "p", "verdict"], rows, "lrll")
+    test = {arm: [v[str(s)] for s in result["seeds"]] for arm, v in result["test"].items()}
+    per_seed = [[str(s), f"{a:.2f}", f"{b:.2f}", f"{a - b:+.2f}"]
+                for s, a, b in zip(result["seeds"], test["chosen"], test["baseline"])]
+    lines += ["", *table(["seed", f"{chosen} test %", f"{base} test %", "gain"], per_seed,
+                         "rrrr")]
+    return "\n".join(lines) + "\n"
+
+
+def log_to_mlflow(files: list[Path], gain: dict) -> None:
+    import mlflow
+
+    from kdpipe.core.config import load_config
+    from kdpipe.tracking.stage_record import recorded_stage
+
+    with recorded_stage(load_config().mlflow.experiment, "confirm", {}):
+        for path in files:
+            mlflow.log_artifact(str(path))
+        mlflow.log_metrics({"summary/confirm_gain": gain["mean"],
+                            **({"summary/confirm_p": gain["p_value"]}
+                               if gain["p_value"] is not None else {})})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", help="fresh seeds, e.g. 47-51 (default: after the sweep's)")
+    parser.add_argument("--count", type=int, default=5, help="how many fresh seeds (default 5)")
+    parser.add_argument("--sweep", type=Path, default=Path("reports/sweep.json"))
+    parser.add_argument("--out", type=Path, default=Path("reports/confirm"))
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--queue", action="store_true", help="queue the experiments only")
+    mode.add_argument("--report", action="store_true", help="report queued experiments' results")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
+    args = parser.parse_args(argv)
+    try:
+        sweep = read_json(args.sweep) if args.sweep.exists() else None
+        if sweep is None:
+            raise ConfigError(f"{args.sweep}: not found; run `kdpipe sweep` first")
+        seeds = fresh_seeds(args.seeds, args.count, sweep["seeds"])
+        check_workspace(sweep["common"])
+        todo = plan(sweep, seeds)
+        if not args.report:
+            run(todo, args.queue, args.dry_run)
+        if args.queue or args.dry_run:
+            print("then: `dvc queue start` and, once done, `kdpipe confirm --report`"
+                  if args.queue else "")
+            return
+        result = collect(sweep, list(todo), seeds)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    files = [args.out.with_suffix(".md"), args.out.with_suffix(".json")]
+    text = markdown(sweep, result)
+    write_text(files[0], text)
+    write_json(files[1], {**result, "experiments": list(todo),
+                          "arms": {arm: m for arm, (m, _) in arms(sweep).items()}})
+    if not args.no_mlflow:
+        log_to_mlflow(files, result["gain"])
+    print(text)
+    print("written: " + ", ".join(map(str, files)))
