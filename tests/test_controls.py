@@ -137,3 +137,19 @@ def test_controls_are_baselines_in_the_sweep():
     [kd] = result["rows"]
     assert kd["val_vs_best"]["mean"] == pytest.approx(1.0)
     assert kd["val_vs_same"]["mean"] == pytest.approx(3.0)  # the plain student of its recipe
+
+
+def test_controls_run_as_stages_and_are_marked_in_the_comparison(built, tmp_path):
+    from tests.project import clone, read_json, sh
+
+    repo = clone(built, tmp_path / "repo")
+    sh(["dvc", "exp", "run", "-S", "distill.methods=[tfkd,dist]", "-S",
+        "distill.dist.teacher=shuffled", "-S", "student.label_smoothing=0.1"], repo)
+    models = read_json(repo / "metrics" / "models.json")
+    assert (models["tfkd"]["control"], models["dist"]["control"]) == (True, True)
+    assert not models["student"]["control"]
+    assert "shuffled teacher" in models["dist"]["description"]
+    record = read_json(repo / "metrics" / "seeds" / "dist-42.json")
+    assert record["control"] and "mlflow_run_id" in record
+    assert read_json(repo / "data" / "checked_params.json")["distill"]["dist"]["teacher"] == \
+        "shuffled"

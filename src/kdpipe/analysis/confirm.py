@@ -116,6 +116,11 @@ def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
     return {"seeds": seeds, "test": tests, "gain": paired(tests["chosen"], tests["baseline"])}
 
 
+def pm(gain: dict) -> str:
+    """+1.83 ± 0.76: a gain's mean and 95% CI half-width (none with one seed)."""
+    return f"{gain['mean']:+.2f}" + (f" ± {gain['ci95']:.2f}" if gain.get("ci95") else "")
+
+
 def markdown(sweep: dict, result: dict) -> str:
     chosen, base = arms(sweep)["chosen"][0], arms(sweep)["baseline"][0]
     g, selection = result["gain"], sweep["chosen"]["val_vs_best"]
@@ -128,16 +133,15 @@ def markdown(sweep: dict, result: dict) -> str:
              "once. Gains paired per seed, accuracy points, mean ± 95% CI; one pre-registered "
              "test, so p is not adjusted.", ""]
     mean = {arm: sum(v.values()) / len(v) for arm, v in result["test"].items()}
-    rows = [["selection: val gain over the best baseline", f"{selection['mean']:+.2f}",
+    rows = [["selection: val gain over the best baseline", pm(selection),
              f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
              verdict(selection, "p_holm")]]
     if selection_test:
-        rows.append(["selection: test gain, same seeds", f"{selection_test['mean']:+.2f}",
+        rows.append(["selection: test gain, same seeds", pm(selection_test),
                      f"{selection_test['p_value']:.4f} (selection's seeds)",
                      verdict(selection_test, "p_value")])
-    ci = f" ± {g['ci95']:.2f}" if g["ci95"] is not None else ""
     rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {mean['chosen']:.2f}% "
-                 f"vs {base} {mean['baseline']:.2f}%)", f"**{g['mean']:+.2f}{ci}**", p,
+                 f"vs {base} {mean['baseline']:.2f}%)", f"**{pm(g)}**", p,
                  f"**{verdict(g, 'p_value')}**"])
     lines += table(["figure", "gain (pp)", "p", "verdict"], rows, "lrll")
     test = {arm: [v[str(s)] for s in result["seeds"]] for arm, v in result["test"].items()}
