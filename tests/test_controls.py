@@ -151,5 +151,5 @@ def test_controls_run_as_stages_and_are_marked_in_the_comparison(built, tmp_path
     assert "shuffled teacher" in models["dist"]["description"]
     record = read_json(repo / "metrics" / "seeds" / "dist-42.json")
     assert record["control"] and "mlflow_run_id" in record
-    assert read_json(repo / "data" / "checked_params.json")["distill"]["dist"]["teacher"] == \
+    assert read_json(repo / "reports" / "params.json")["distill"]["dist"]["teacher"] == \
         "shuffled"
