@@ -75,3 +75,12 @@ def test_no_module_but_the_stage_record_opens_a_run():
                if "stage_run(" in path.read_text() or "start_run(" in path.read_text()]
     assert sorted(opening) == ["src/kdpipe/tracking/stage_record.py",
                                "src/kdpipe/tracking/store.py"]
+
+
+def test_a_stage_continues_its_run_whatever_experiment_the_process_had_active(store):
+    with recorded_stage("stages", "kd-42", {"seed": 42}) as first:
+        pass
+    mlflow.set_experiment("something-else")  # as code run earlier in the process may
+    with recorded_stage("stages", "kd-42", {}, run_id=first.run.info.run_id) as again:
+        again.finish({"test_acc": 1.0})
+    assert mlflow.get_run(first.run.info.run_id).data.metrics["test_acc"] == 1.0

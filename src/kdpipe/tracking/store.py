@@ -167,6 +167,9 @@ def stage_run(experiment: str, name: str, params: dict, run_id: str | None = Non
     import mlflow
 
     experiment_id = set_experiment(experiment)
+    # MLflow refuses to continue a run of another experiment than the process's active one
+    # (which code run earlier in the process may have set): this run's is made the active one.
+    mlflow.set_experiment(experiment_id=experiment_id)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     if SAMPLING_INTERVAL_VAR not in os.environ:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
