@@ -13,10 +13,9 @@ from kdpipe.analysis.sweep import (
     comparable,
     differing_keys,
     experiments,
-    figure_label,
-    markdown,
     trained_models,
 )
+from kdpipe.analysis.sweep_report import figure_label, markdown
 from kdpipe.measure.stats import verdict
 from tests.project import clean_env, clone, edit_params, read_json, sh
 

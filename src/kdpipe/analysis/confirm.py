@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from kdpipe.analysis.sweep import COMMON, experiments, normal, paired, seed_range
+from kdpipe.analysis.sweep import COMMON, experiments, normal, paired
+from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.files import read_json, write_json, write_text
