@@ -12,6 +12,7 @@ import torch
 from kdpipe.core.config import Config, as_dict, section
 from kdpipe.core.paths import PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.core.runtime import setup
+from kdpipe.data.mixing import describe
 from kdpipe.data.prepared import Prepared
 from kdpipe.learn.checkpoint import load_teacher
 from kdpipe.learn.methods import registry
@@ -44,7 +45,9 @@ def main(cfg: Config) -> None:
     source = teacher_source(augment=cfg.data.augment, teacher=teacher, teacher_saved=saved,
                             autocast=runtime.autocast, folder=TARGETS_DIR, needs=objective.needs,
                             device=runtime.device, data_sha256=prepared.digest,
-                            views=cfg.data.views) if method.needs else None
+                            views=cfg.data.views,
+                            mix=describe(cfg.data.mix, cfg.data.mix_alpha)) \
+        if method.needs else None
     kind, description = registry.teacher(cfg, name), method.description
     if kind == "shuffled":
         labels = torch.from_numpy(prepared.splits["train"].labels)
@@ -52,7 +55,7 @@ def main(cfg: Config) -> None:
         description += ", on the shuffled teacher (control)"
     params = {"seed": seed, **section(cfg, "device", "precision", "threads", "student",
                                       "teacher.feature_layer", "data.augment", "data.views",
-                                      "data.mean", "data.std"),
+                                      "data.mix", "data.mix_alpha", "data.mean", "data.std"),
               f"distill.{name}": {**as_dict(settings), "teacher": kind}}
     spec = ModelSpec(name, seed, "student", cfg.student, params, description=description,
                      control=registry.is_control(cfg, name))

@@ -13,6 +13,7 @@ from kdpipe.core.machine import environment, stage_cost
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
 from kdpipe.core.progress import clock, say
 from kdpipe.core.runtime import setup
+from kdpipe.data.mixing import describe
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
@@ -39,7 +40,8 @@ def main(cfg: Config) -> None:
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
-                     "data.augment", "data.views", "data.mean", "data.std")
+                     "data.augment", "data.views", "data.mix", "data.mix_alpha", "data.mean",
+                     "data.std")
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
     features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
     with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params, METRICS_FILE,
@@ -48,7 +50,8 @@ def main(cfg: Config) -> None:
                                                   store.repo_root(), PREPARED_DIR))
         link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
-        views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device)
+        views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device,
+                                  cfg.data.mix, cfg.data.mix_alpha, prepared.image_size)
         rows = len(images) * (views.count if views else 1)
         shape = feature_shape(teacher, prepared.image_size) if features else None
         check_cache_fits(rows, len(prepared.classes), shape)
@@ -60,11 +63,15 @@ def main(cfg: Config) -> None:
                                        features)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
                                    "teacher_run_id": saved["mlflow_run_id"],
-                                   "teacher_layer": teacher.layer, "views": cfg.data.views},
+                                   "teacher_layer": teacher.layer, "views": cfg.data.views,
+                                   "mix": describe(cfg.data.mix, cfg.data.mix_alpha)},
                      logits, maps)
+        seconds = time.perf_counter() - start
         stage.finish({"cached_samples": len(logits),
                       "feature_values": math.prod(shape) if shape else 0,
-                      "images_per_second": round(len(logits) / (time.perf_counter() - start), 1),
+                      "images_per_second": round(len(logits) / seconds, 1),
+                      # the cost of long schedules' many (mixed) views, comparable across K
+                      "seconds_per_million_views": round(seconds / len(logits) * 1e6, 1),
                       "size_mb": round(folder_mb(TARGETS_DIR), 1)})
     say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
         f"-> {TARGETS_DIR}")

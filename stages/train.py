@@ -32,6 +32,7 @@ def main(cfg: Config) -> None:
     train = replace(getattr(cfg, name), feature_layer="")
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
               **section(cfg, "device", "precision", "threads", "data.augment", "data.views",
+                        *(("data.mix", "data.mix_alpha") if name == "student" else ()),
                         "data.mean", "data.std"),
               # The views are params `seed`'s (the same for every model), not the model's seed
               **({"views_seed": cfg.seed} if cfg.data.views else {})}

@@ -130,7 +130,7 @@ def test_a_method_nobody_wrote_is_named_with_the_methods_there_are(tmp_path):
     def extra(params):
         params["distill"]["kdd"] = {"temperature": 2}
     with pytest.raises(ConfigError, match=r"^distill\.kdd: no such method; the methods are "
-                                          r"cosine, dist, dkd, hint, kd, lskd"):
+                                          r"cosine, dist, dkd, fm, hint, kd, lskd, tfkd"):
         load_with(tmp_path, extra)
 
 

@@ -49,6 +49,11 @@ class DataConfig:
     # K fixed, seeded augmented views per training image (crop + flip), the teacher's outputs
     # on each cached once; every model trains epoch e on a view of each image. 0 = none.
     views: int = rule("an integer >= 0 (0 = no views)", lambda v: v >= 0, default=0)
+    # Students' views mixed with a partner image's (data.mixing): none | mixup | cutmix, the
+    # mixing weight ~ Beta(mix_alpha, mix_alpha). Needs views; the teacher trains unmixed.
+    mix: str = rule("none, mixup or cutmix", lambda v: v in ("none", "mixup", "cutmix"),
+                    default="none")
+    mix_alpha: float = rule("a number > 0", lambda v: v > 0, default=1.0)
     # A held-out part of the training set for per-epoch curves and every choice; 0 = none (as
     # the tutorial, which reports test accuracy every epoch and so chooses on test).
     val_fraction: float = rule("a number >= 0 and < 1", lambda v: 0 <= v < 1, default=0.1)
@@ -65,6 +70,9 @@ class DataConfig:
             return (f"views={self.views} and augment=true: choose one (views: K cached views, "
                     "the teacher never runs while students train; augment: a fresh random view "
                     "every batch, the teacher runs live)")
+        if self.mix != "none" and not self.views:
+            return (f"mix={self.mix} mixes cached views: set views (e.g. views=8; as many as "
+                    "epochs shows a new one every epoch)")
         return None
 
 
@@ -101,6 +109,9 @@ class TrainConfig:
     # Cross-entropy against (1 - eps) * one-hot + eps / classes (Szegedy et al. 2016): a control
     # for what soft targets add beyond smoothing. 0 = plain cross-entropy, bit for bit.
     label_smoothing: float = rule("a number in [0, 1)", lambda v: 0 <= v < 1, default=0.0)
+    # Gradients rescaled to this global L2 norm at most before each step (function matching's
+    # Adam recipe, Beyer et al. 2022); 0 = no clipping.
+    grad_clip: float = rule("a number >= 0 (0 = none)", lambda v: v >= 0, default=0.0)
 
     def check(self) -> str | None:
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:

@@ -17,38 +17,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kdpipe.data.hashing import hashed
+from kdpipe.data.mixing import Mixing
 from kdpipe.data.prepared import PAD, crop_flip
 
 CHOICE_SALT = 0x5EED_F00D  # separates the per-epoch choice from the views' own parameters
-
-
-def mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: uint64 -> well-scrambled uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def hashed(seed: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A uint64 per element of the broadcast of `a` and `b`, a pure function of (seed, a, b)."""
-    h = mix(np.full(np.broadcast(a, b).shape, seed, dtype=np.uint64))
-    h = mix(h ^ np.asarray(a, dtype=np.uint64))
-    return mix(h ^ np.asarray(b, dtype=np.uint64))
 
 
 @dataclass(frozen=True)
 class Views:
     params: torch.Tensor  # int64 (N, K, 3): crop offsets dy, dx in 0..2*PAD and flip 0/1
     seed: int             # params `seed`: the views are the same for every model
+    mixing: Mixing | None = None  # data.mix: each view mixed with a partner's (data.mixing)
 
     @classmethod
-    def from_params(cls, seed: int, images: int, views: int,
-                    device: torch.device) -> Views | None:
-        """The views params `seed` and `data.views` name for a split of `images` images; None
-        for data.views 0 (no views)."""
-        return cls.make(seed, images, views, device) if views else None
+    def from_params(cls, seed: int, images: int, views: int, device: torch.device,
+                    mix: str = "none", alpha: float = 1.0, size: int = 32) -> Views | None:
+        """The views params `seed`, `data.views` and (for students) `data.mix` and
+        `data.mix_alpha` name for a split of `images` images of `size` pixels; None for
+        data.views 0 (no views)."""
+        if not views:
+            return None
+        plain = cls.make(seed, images, views, device)
+        if mix == "none":
+            return plain
+        return cls(plain.params, seed, Mixing.make(mix, alpha, seed, images, views, size, device))
 
     @classmethod
     def make(cls, seed: int, images: int, views: int, device: torch.device) -> Views:
@@ -77,6 +70,22 @@ class Views:
         return keys // self.count
 
     def apply(self, batch: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """The normalised images of `batch` as the views that `keys` name."""
+        """The normalised images of `batch` as the views that `keys` name, unmixed."""
         dy, dx, flip = self.params[self.images(keys), keys % self.count].unbind(-1)
         return crop_flip(batch, dy, dx, flip)
+
+    def render(self, images: torch.Tensor, normalize, keys: torch.Tensor) -> torch.Tensor:
+        """The views `keys` name, from the split's uint8 `images`: cropped and flipped, then
+        mixed with their partners' where data.mix says. What the teacher's cache and every
+        training stage both show."""
+        image = self.images(keys)
+        x = self.apply(normalize(images[image]), keys)
+        return self.mixing.apply(x, images, normalize, image, keys % self.count) \
+            if self.mixing else x
+
+    def labels(self, labels: torch.Tensor, keys: torch.Tensor, classes: int) -> torch.Tensor:
+        """The training targets of the views `keys` name: the images' labels, or with mixing
+        (B, classes) mixed hard labels."""
+        image = self.images(keys)
+        return self.mixing.labels(labels, image, keys % self.count, classes) \
+            if self.mixing else labels[image]

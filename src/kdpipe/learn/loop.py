@@ -36,6 +36,7 @@ class TrainData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> the model's input
+    classes: int = 10      # the width of mixed labels (data.mix)
 
     def curve(self) -> tuple[str, torch.Tensor, torch.Tensor]:
         """What each epoch is evaluated on: the validation split if there is one, else (as in
@@ -83,12 +84,15 @@ class Batches:
     def inputs(self, idx: torch.Tensor, shown: torch.Tensor | None, state: TrainingState):
         """(x, y, teacher outputs) of the training images `idx`; `shown`: each image's view
         this epoch."""
-        x, y, keys = self.data.normalize(self.data.train_x[idx]), self.data.train_y[idx], idx
+        data = self.data
         if self.views:
             keys = self.views.keys(idx, shown[idx])
-            x = self.views.apply(x, keys)
-        elif self.augment:
-            x = augment(x, state.augment_rng)
+            x = self.views.render(data.train_x, data.normalize, keys)
+            y = self.views.labels(data.train_y, keys, data.classes)
+        else:
+            x, y, keys = data.normalize(data.train_x[idx]), data.train_y[idx], idx
+            if self.augment:
+                x = augment(x, state.augment_rng)
         return x, y, self.teacher(keys, x) if self.teacher else TeacherOutputs()
 
 
@@ -168,6 +172,10 @@ def train_epoch(state: TrainingState, batches: Batches, epoch: int, seed: int,
         loss = objective(logits.float(), features, y, targets)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in state.optimizer.param_groups for p in group["params"]],
+                cfg.grad_clip)
         state.optimizer.step()
         if state.scheduler:
             state.scheduler.step()

@@ -32,6 +32,9 @@ class Objective(nn.Module):
     """Cross-entropy on the labels; a method's subclass adds a term against the teacher."""
 
     needs: tuple[str, ...] = ()  # which TeacherOutputs fields the objective reads
+    # Whether its own term reads each sample's one label (not mixed labels: data.mix); the
+    # cross-entropy takes either.
+    hard_labels: bool = False
     # The cross-entropy's label smoothing: the model's recipe (<role>.label_smoothing), which
     # the training stage sets, not the method's.
     label_smoothing: float = 0.0

@@ -50,8 +50,7 @@ def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
     steps = bar(rows, "teacher pass", "img")
     for start in range(0, rows, batch):
         keys = torch.arange(start, min(start + batch, rows), device=images.device)
-        x = (views.apply(normalize(images[views.images(keys)]), keys) if views
-             else normalize(images[keys]))
+        x = views.render(images, normalize, keys) if views else normalize(images[keys])
         with autocast():
             out, fmap = teacher.forward_with_features(x)
         logits.append(out.float().cpu())
@@ -98,7 +97,9 @@ def save_targets(folder: Path, meta: dict, logits: torch.Tensor | None = None,
 META_CHECKS = {"data_sha256": "other data than data/prepared",
                "teacher_run_id": "another teacher",
                "teacher_layer": "another teacher.feature_layer",
-               "views": "another data.views"}
+               "views": "another data.views",
+               "mix": "another data.mix or data.mix_alpha"}
+META_DEFAULTS = {"views": 0, "mix": "none"}  # what a cache without the key was made with
 
 
 class CachedTargets:
@@ -110,7 +111,7 @@ class CachedTargets:
                  expected: dict):
         meta = read_json(Path(folder) / "meta.json")
         for key, what in META_CHECKS.items():
-            found = meta.get(key, 0 if key == "views" else None)  # no views: a cache of images
+            found = meta.get(key, META_DEFAULTS.get(key))  # no views: a cache of images
             if key in expected and (key != "teacher_layer" or "features" in needs) \
                     and found != expected[key]:
                 raise DataError(f"{folder} was computed from {what} ({key} {found}, "
@@ -143,12 +144,12 @@ class LiveTeacher:
 
 def teacher_source(*, augment: bool, teacher: Tapped, teacher_saved: dict, autocast,
                    folder: Path, needs: tuple[str, ...], device: torch.device,
-                   data_sha256: str, views: int):
+                   data_sha256: str, views: int, mix: str = "none"):
     """The cache when the teacher's inputs are known in advance (the images, or their fixed
-    views); with data.augment each batch is a fresh random view, so the teacher must see the
-    student's very batch."""
+    views, mixed as `mix` (data.mixing.describe) says); with data.augment each batch is a fresh
+    random view, so the teacher must see the student's very batch."""
     if augment:
         return LiveTeacher(teacher, autocast)
     return CachedTargets(folder, needs, device, {
         "data_sha256": data_sha256, "teacher_run_id": teacher_saved["mlflow_run_id"],
-        "teacher_layer": teacher.layer, "views": views})
+        "teacher_layer": teacher.layer, "views": views, "mix": mix})

@@ -59,7 +59,8 @@ def load_data(prepared: Prepared, data_cfg: DataConfig, device: torch.device) ->
     for split in ("train", "val", "test"):
         images, labels = prepared.splits[split].images, prepared.splits[split].labels
         tensors += [to_device(images, device), torch.from_numpy(labels).to(device)]
-    return TrainData(*tensors, Normalize(data_cfg.mean, data_cfg.std, device))
+    return TrainData(*tensors, Normalize(data_cfg.mean, data_cfg.std, device),
+                     len(prepared.classes))
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +120,11 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                                       store.repo_root(), PREPARED_DIR))
             if teacher_saved:
                 link_teacher(teacher_saved)
-        views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device)
+        # Students see mixed views (data.mix); the teacher is trained on plain ones, so that
+        # mixing reruns no teacher.
+        mix = cfg.data.mix if spec.role == "student" else "none"
+        views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device,
+                                  mix, cfg.data.mix_alpha, prepared.image_size)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
                      on_epoch=log_epoch, label=spec.run_name)

@@ -51,6 +51,7 @@ class DecoupledKD(Objective):
     step, so that a warm-up of 1 or 2 epochs (as short runs need) still ramps."""
 
     needs = ("logits",)
+    hard_labels = True  # TCKD and NCKD split at each sample's one label
 
     def __init__(self, cfg: DKDConfig, shapes: FeatureShapes | None = None):
         super().__init__(cfg.ce_weight)

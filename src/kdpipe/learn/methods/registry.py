@@ -45,6 +45,9 @@ def settings(cfg: Config, name: str):
     """The validated params section distill.<name> of a method, defaults filled in (without
     its `teacher` key: see `teacher`)."""
     section = {k: v for k, v in cfg.distill.sections[name].items() if k != "teacher"}
+    if cfg.data.mix != "none" and method(name).objective.hard_labels:
+        raise ConfigError(f"distill.methods: {name} reads each sample's one label, and "
+                          f"data.mix={cfg.data.mix} mixes two; use it without data.mix")
     return build(method(name).settings, section, f"distill.{name}")
 
 
@@ -58,6 +61,9 @@ def teacher(cfg: Config, name: str) -> str:
     if kind == "shuffled" and method(name).needs != ("logits",):
         raise ConfigError(f"{key}=shuffled: it shuffles the teacher's logits, and {name} "
                           f"reads {', '.join(method(name).needs) or 'no teacher'}")
+    if kind == "shuffled" and cfg.data.mix != "none":
+        raise ConfigError(f"{key}=shuffled keeps each row's label entry, and data.mix="
+                          f"{cfg.data.mix} gives a mixed view two labels")
     if kind == "shuffled" and cfg.data.augment:
         raise ConfigError(f"{key}=shuffled needs the cached teacher; data.augment=true runs "
                           "it live (use data.views instead)")

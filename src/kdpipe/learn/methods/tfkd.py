@@ -43,6 +43,7 @@ def virtual_teacher(labels: torch.Tensor, classes: int, correct_prob: float,
 
 class TeacherFreeKD(Objective):
     needs = ()  # no teacher: the targets are made from the labels
+    hard_labels = True
 
     def __init__(self, cfg: TfKDConfig, shapes: FeatureShapes | None = None):
         super().__init__(cfg.ce_weight)

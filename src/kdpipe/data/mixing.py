@@ -1,0 +1,94 @@
+"""Mixed views (params `data.mix`: mixup or cutmix, `data.mix_alpha`): each of an image's K
+views (kdpipe.data.views) mixed with a view of a partner image, as mixup (Zhang et al., ICLR
+2018: a convex blend) or CutMix (Yun et al., ICCV 2019: a box pasted from the partner).
+
+Everything about a mixed view is a pure function of (params `seed`, image, view): the partner
+image, the partner's own crop and flip, the mixing weight lam ~ Beta(alpha, alpha) and, for
+CutMix, the box. So teacher_targets caches the teacher's outputs on exactly the mixed image a
+student is shown (mixing two cached outputs is not the teacher's output on the mixed image:
+function matching, Beyer et al., CVPR 2022), and every student of a seed, the baseline included,
+sees the same mixed views. Hard labels mix with the same weight: lam on the image's label,
+1 - lam on the partner's (for CutMix, lam is the share of pixels the image keeps).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import beta
+
+from kdpipe.data.hashing import hashed, uniform
+from kdpipe.data.prepared import PAD, crop_flip
+
+# Salts: each property of a mixed view hashes (seed ^ salt, image, view) on its own.
+PARTNER, PARTNER_VIEW, WEIGHT, BOX_Y, BOX_X = 0x9A27, 0xC809, 0x1A3B, 0xB0F1, 0xB0F2
+
+
+def describe(mode: str, alpha: float) -> str:
+    """What the teacher cache records of the mixing (alpha matters only with a mode)."""
+    return mode if mode == "none" else f"{mode} alpha {float(alpha)}"
+
+
+@dataclass(frozen=True)
+class Mixing:
+    mode: str                # mixup | cutmix
+    partner: torch.Tensor    # int64 (N, K): the image each view is mixed with
+    partner_view: torch.Tensor  # int64 (N, K, 3): the partner's crop dy, dx and flip
+    lam: torch.Tensor        # float32 (N, K): the image's share (CutMix: of the pixels)
+    box: torch.Tensor | None  # int64 (N, K, 4): CutMix's y0, y1, x0, x1 (rows, columns)
+
+    @classmethod
+    def make(cls, mode: str, alpha: float, seed: int, images: int, views: int, size: int,
+             device: torch.device) -> Mixing:
+        image, view = np.arange(images)[:, None], np.arange(views)[None, :]
+
+        def h(salt: int) -> np.ndarray:
+            return hashed(seed ^ salt, image, view)
+
+        # Never the image itself: i + 1 + (0 .. N-2), modulo N.
+        partner = (image + 1 + h(PARTNER) % np.uint64(max(images - 1, 1))) % images
+        hv, span = h(PARTNER_VIEW), np.uint64(2 * PAD + 1)
+        crops = np.stack([hv % span, (hv >> np.uint64(8)) % span, (hv >> np.uint64(16)) & 1], -1)
+        lam = beta.ppf(uniform(h(WEIGHT)), alpha, alpha)
+        box = None
+        if mode == "cutmix":  # the box of CutMix's reference code (rand_bbox), clipped
+            cut = (size * np.sqrt(1.0 - lam)).astype(np.int64)
+            cy = (uniform(h(BOX_Y)) * size).astype(np.int64)
+            cx = (uniform(h(BOX_X)) * size).astype(np.int64)
+            y0, y1 = np.clip(cy - cut // 2, 0, size), np.clip(cy + cut // 2, 0, size)
+            x0, x1 = np.clip(cx - cut // 2, 0, size), np.clip(cx + cut // 2, 0, size)
+            box = np.stack([y0, y1, x0, x1], -1)
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / size**2  # the pixels the image keeps
+
+        def tensor(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a).astype(dtype)).to(device)
+
+        return cls(mode, tensor(partner, np.int64), tensor(crops, np.int64),
+                   tensor(lam, np.float32), None if box is None else tensor(box, np.int64))
+
+    def apply(self, x: torch.Tensor, images: torch.Tensor, normalize, image: torch.Tensor,
+              view: torch.Tensor) -> torch.Tensor:
+        """The views `x` (normalised, cropped) of `image` mixed with their partners' views,
+        rendered from the uint8 `images` of the split."""
+        partner = self.partner[image, view]
+        dy, dx, flip = self.partner_view[image, view].unbind(-1)
+        other = crop_flip(normalize(images[partner]), dy, dx, flip)
+        if self.box is None:
+            lam = self.lam[image, view][:, None, None, None]
+            mixed = lam * x + (1 - lam) * other
+        else:
+            y0, y1, x0, x1 = (b[:, None, None, None] for b in self.box[image, view].unbind(-1))
+            rows = torch.arange(x.shape[2], device=x.device)[None, None, :, None]
+            cols = torch.arange(x.shape[3], device=x.device)[None, None, None, :]
+            inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+            mixed = torch.where(inside, other, x)
+        return mixed.contiguous(memory_format=torch.channels_last)
+
+    def labels(self, labels: torch.Tensor, image: torch.Tensor, view: torch.Tensor,
+               classes: int) -> torch.Tensor:
+        """(B, classes) mixed hard labels: lam on the image's label, 1 - lam on its partner's."""
+        lam = self.lam[image, view][:, None]
+        own = torch.nn.functional.one_hot(labels[image], classes).float()
+        other = torch.nn.functional.one_hot(labels[self.partner[image, view]], classes).float()
+        return lam * own + (1 - lam) * other
