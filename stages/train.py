@@ -30,12 +30,14 @@ def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
     # Plain training taps no features: the feature layer is the distilling stages' param.
     train = replace(getattr(cfg, name), feature_layer="")
+    # The teacher's views are its own (teacher.views); students' data.views, mixed by data.mix.
+    views = ("data.views", "data.mix", "data.mix_alpha") if name == "student" else ()
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
-              **section(cfg, "device", "precision", "threads", "data.augment", "data.views",
-                        *(("data.mix", "data.mix_alpha") if name == "student" else ()),
+              **section(cfg, "device", "precision", "threads", "data.augment", *views,
                         "data.mean", "data.std"),
               # The views are params `seed`'s (the same for every model), not the model's seed
-              **({"views_seed": cfg.seed} if cfg.data.views else {})}
+              **({"views_seed": cfg.seed}
+                 if (cfg.data.views if name == "student" else cfg.teacher.views) else {})}
     spec = ModelSpec(name, seed, name, train, params, description=DESCRIPTIONS[name])
     if name == "teacher" and cfg.teacher.pretrained:
         path = store.repo_root() / cfg.teacher.pretrained

@@ -56,3 +56,20 @@ def test_a_recipe_with_a_misspelt_key_fails_before_dvc_starts(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"^teacher.epoch: unknown key \(did you mean 'epochs'"):
         overrides("typo")
+
+
+def test_every_recipe_is_valid_and_the_patient_ones_keep_the_strong_teacher(monkeypatch):
+    """Patient schedules vary the students only: the teacher's params (and views) are the
+    strong recipe's, so DVC's run-cache restores it instead of training it again."""
+    from kdpipe.ops.recipes import overrides
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    recipes = {p.stem: dict(s.split("=", 1) for s in overrides(p.stem))
+               for p in (ROOT / "recipes").glob("*.yaml")}
+    teacher = {k: v for k, v in recipes["strong"].items() if k.startswith("teacher.")}
+    assert teacher["teacher.views"] == "8"
+    for n in (40, 100, 200):
+        patient = recipes[f"patient-{n}"]
+        assert {k: v for k, v in patient.items() if k.startswith("teacher.")} == teacher
+        assert patient["student.epochs"] == patient["data.views"] == str(n)  # a view per epoch

@@ -180,3 +180,22 @@ def test_a_workspace_changed_since_its_outputs_were_made_is_left_out(monkeypatch
     assert "left out the workspace" in capsys.readouterr().err
     monkeypatch.setattr(subprocess, "run", run("{}"))
     assert [name for name, _, _ in experiments(False)] == ["workspace", "main"]
+
+
+def test_accuracy_against_schedule_length_where_the_sweep_tried_several(tmp_path):
+    """At each student.epochs, the best baseline there and each method's best setting, with its
+    gain over that baseline; nothing where all settings share one length."""
+    from kdpipe.analysis import schedule
+
+    models = trained_models(FOUND[:4])
+    table = schedule.by_schedule(models)
+    assert sorted(table) == [10, 20]
+    assert table[20][schedule.BASELINE].recipe["student.epochs"] == 20
+    assert table[10]["kd"].setting["distill.kd.temperature"] == 4  # kd's best at 10 epochs
+    assert schedule.gain(table[10], "kd")["mean"] == pytest.approx(3.05)
+    assert schedule.gain(table[20], "kd")["mean"] == pytest.approx(-0.75)
+    lines = "\n".join(schedule.markdown(table))
+    assert "| 10 | 60.00 |" in lines and "(+3.05 ±" in lines
+    schedule.figure(table, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert schedule.by_schedule(trained_models(FOUND[:3])) is None

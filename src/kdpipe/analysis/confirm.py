@@ -22,13 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from kdpipe.analysis.sweep import COMMON, experiments, normal, paired
+from kdpipe.analysis.sweep import COMMON, experiments, normal
 from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.files import read_json, write_json, write_text
 from kdpipe.core.markdown import table
-from kdpipe.measure.stats import verdict
+from kdpipe.measure.stats import paired_by_seed, verdict
 
 
 def fresh_seeds(spec: str | None, count: int, seen: list[int]) -> list[int]:
@@ -114,7 +114,8 @@ def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
         if sorted(map(int, per_seed)) != seeds:
             raise ConfigError(f"experiment {name} holds seeds {sorted(per_seed)}, not {seeds}")
         tests[arm] = per_seed
-    return {"seeds": seeds, "test": tests, "gain": paired(tests["chosen"], tests["baseline"])}
+    return {"seeds": seeds, "test": tests,
+            "gain": paired_by_seed(tests["chosen"], tests["baseline"])}
 
 
 def pm(gain: dict) -> str:

@@ -30,11 +30,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdpipe.analysis import schedule
 from kdpipe.analysis.sweep_report import figure, markdown
 from kdpipe.core.config import flat
 from kdpipe.core.files import write_json, write_text
 from kdpipe.measure.fidelity import FIDELITY_KEYS
-from kdpipe.measure.stats import holm, paired_gain
+from kdpipe.measure.stats import holm, paired_by_seed
 
 # must match across a sweep
 COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
@@ -161,11 +162,6 @@ def normal(params: dict) -> dict:
             for k, v in params.items()}
 
 
-def paired(a: dict[str, float], b: dict[str, float]) -> dict:
-    seeds = sorted(set(a) & set(b))
-    return paired_gain([a[s] for s in seeds], [b[s] for s in seeds]) | {"seeds": len(seeds)}
-
-
 def analyse(models: list[Setting]) -> dict:
     baselines = [m for m in models if m.is_baseline]
     if not any(m.model == "student" for m in baselines):
@@ -178,8 +174,8 @@ def analyse(models: list[Setting]) -> dict:
         same = next((b for b in baselines if b.model == "student" and b.recipe == m.recipe),
                     None)
         rows.append({"trained": m, "same_recipe": same,
-                     "val_vs_same": paired(m.val, same.val) if same else None,
-                     "val_vs_best": paired(m.val, best_baseline.val)})
+                     "val_vs_same": paired_by_seed(m.val, same.val) if same else None,
+                     "val_vs_best": paired_by_seed(m.val, best_baseline.val)})
     for family in ("val_vs_same", "val_vs_best"):
         adjusted = holm([r[family]["p_value"] if r[family] else None for r in rows])
         for row, p in zip(rows, adjusted):
@@ -189,8 +185,8 @@ def analyse(models: list[Setting]) -> dict:
     test = None
     if chosen:
         same = chosen["same_recipe"]
-        test = {"vs_same": paired(chosen["trained"].test, same.test) if same else None,
-                "vs_best": paired(chosen["trained"].test, best_baseline.test)}
+        test = {"vs_same": paired_by_seed(chosen["trained"].test, same.test) if same else None,
+                "vs_best": paired_by_seed(chosen["trained"].test, best_baseline.test)}
     return {"rows": sorted(rows, key=lambda r: -r["trained"].mean_val()),
             "best_baseline": best_baseline, "baselines": baselines, "chosen": chosen,
             "test": test, "seeds": sorted({int(s) for m in models for s in m.val})}
@@ -258,8 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     files = [args.out.with_suffix(".md"), args.out.with_suffix(".png"),
              args.out.with_suffix(".json")]
     text = markdown(result, keys, left_out)
-    write_text(files[0], text)
     figure(result, keys, files[1])
+    schedules = schedule.by_schedule(models)
+    if schedules:
+        text += "\n".join(schedule.markdown(schedules)) + "\n"
+        files.append(args.out.with_name(args.out.name + "-schedule.png"))
+        schedule.figure(schedules, files[-1])
+    write_text(files[0], text)
     data = summary(result, keys)
     write_json(files[2], data)
     if not args.no_mlflow:

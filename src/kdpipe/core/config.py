@@ -137,6 +137,10 @@ class TeacherConfig(TrainConfig):
                            lambda v: v == "" or (v.startswith(PRETRAINED_DIR + "/")
                                                  and v.endswith(PRETRAINED_SUFFIXES)),
                            default="")
+    # K fixed views per image the teacher trains on, the first K of those data.views caches
+    # and shows students (so students can see more views, e.g. one per epoch, without
+    # retraining the teacher); 0 = the images themselves.
+    views: int = rule("an integer >= 0 (0 = no views)", lambda v: v >= 0, default=0)
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,12 @@ class Config:
     # torch.compile the training step (CUDA only; ignored on CPU, where it does not pay off:
     # docs/performance.md). A speed switch: no stage declares it, so flipping it reruns nothing.
     compile: bool = False
+
+    def check(self) -> str | None:
+        if self.teacher.views and self.data.augment:  # raised here: one line, not all params
+            raise ConfigError(f"teacher.views={self.teacher.views} and data.augment=true: "
+                              "choose one (views: fixed, cached; augment: fresh every batch)")
+        return None
 
 
 def _type_ok(expected: type, value: Any) -> bool:

@@ -63,6 +63,17 @@ def load_data(prepared: Prepared, data_cfg: DataConfig, device: torch.device) ->
                      len(prepared.classes))
 
 
+def model_views(role: str, cfg: Config, images: int, device: torch.device,
+                size: int) -> Views | None:
+    """The views a model trains on: the teacher its own teacher.views, unmixed; students
+    data.views (all the teacher's outputs were cached on), mixed as data.mix says. So more or
+    mixed views for students retrain no teacher."""
+    if role == "teacher":
+        return Views.from_params(cfg.seed, images, cfg.teacher.views, device)
+    return Views.from_params(cfg.seed, images, cfg.data.views, device, cfg.data.mix,
+                             cfg.data.mix_alpha, size)
+
+
 def seed_everything(seed: int) -> None:
     """Python's, numpy's and torch's global generators, from one seed."""
     random.seed(seed)
@@ -120,11 +131,8 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                                       store.repo_root(), PREPARED_DIR))
             if teacher_saved:
                 link_teacher(teacher_saved)
-        # Students see mixed views (data.mix); the teacher is trained on plain ones, so that
-        # mixing reruns no teacher.
-        mix = cfg.data.mix if spec.role == "student" else "none"
-        views = Views.from_params(cfg.seed, len(data.train_y), cfg.data.views, runtime.device,
-                                  mix, cfg.data.mix_alpha, prepared.image_size)
+        views = model_views(spec.role, cfg, len(data.train_y), runtime.device,
+                            prepared.image_size)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
                      on_epoch=log_epoch, label=spec.run_name)

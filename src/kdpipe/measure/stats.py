@@ -56,3 +56,10 @@ def holm(p_values: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(tested) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def paired_by_seed(a: dict[str, float], b: dict[str, float]) -> dict:
+    """paired_gain of two models' per-seed scores ({seed: score}) over the seeds both have,
+    with how many that is."""
+    seeds = sorted(set(a) & set(b))
+    return paired_gain([a[s] for s in seeds], [b[s] for s in seeds]) | {"seeds": len(seeds)}
