@@ -153,6 +153,7 @@ def test_mixing_is_refused_where_it_cannot_apply():
     def config(**data) -> Config:
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         raw["data"] |= data
+        raw["distill"]["methods"] = ["kd", "fm", "dkd", "tfkd", "dist"]
         return build(Config, raw, "")
 
     with pytest.raises(ConfigError, match="data: mix=mixup mixes cached views: set views"):
@@ -164,6 +165,8 @@ def test_mixing_is_refused_where_it_cannot_apply():
     for name in ("dkd", "tfkd"):
         with pytest.raises(ConfigError, match=f"{name} reads each sample's one label"):
             registry.settings(cfg, name)
+    cfg.distill.methods.remove("dkd")  # a section no listed method uses is not in the way
+    assert registry.settings(cfg, "dkd")
     cfg.distill.sections["dist"] = {**cfg.distill.sections["dist"], "teacher": "shuffled"}
     with pytest.raises(ConfigError, match="dist.teacher=shuffled keeps each row's label"):
         registry.teacher(cfg, "dist")

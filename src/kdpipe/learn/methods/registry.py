@@ -45,7 +45,8 @@ def settings(cfg: Config, name: str):
     """The validated params section distill.<name> of a method, defaults filled in (without
     its `teacher` key: see `teacher`)."""
     section = {k: v for k, v in cfg.distill.sections[name].items() if k != "teacher"}
-    if cfg.data.mix != "none" and method(name).objective.hard_labels:
+    if name in cfg.distill.methods and cfg.data.mix != "none" \
+            and method(name).objective.hard_labels:
         raise ConfigError(f"distill.methods: {name} reads each sample's one label, and "
                           f"data.mix={cfg.data.mix} mixes two; use it without data.mix")
     return build(method(name).settings, section, f"distill.{name}")
@@ -58,13 +59,15 @@ def teacher(cfg: Config, name: str) -> str:
     key = f"distill.{name}.teacher"
     if kind not in TEACHERS:
         raise ConfigError(f"{key}={kind!r}: expected one of {', '.join(TEACHERS)}")
-    if kind == "shuffled" and method(name).needs != ("logits",):
+    if kind == "trained" or name not in cfg.distill.methods:  # what runs is checked below
+        return kind
+    if method(name).needs != ("logits",):
         raise ConfigError(f"{key}=shuffled: it shuffles the teacher's logits, and {name} "
                           f"reads {', '.join(method(name).needs) or 'no teacher'}")
-    if kind == "shuffled" and cfg.data.mix != "none":
+    if cfg.data.mix != "none":
         raise ConfigError(f"{key}=shuffled keeps each row's label entry, and data.mix="
                           f"{cfg.data.mix} gives a mixed view two labels")
-    if kind == "shuffled" and cfg.data.augment:
+    if cfg.data.augment:
         raise ConfigError(f"{key}=shuffled needs the cached teacher; data.augment=true runs "
                           "it live (use data.views instead)")
     return kind
