@@ -25,7 +25,8 @@ STUDENTS = ["train_student@42", "distill@kd-42", "distill@cosine-42", "distill@h
 
 # params key -> (a new valid value, the stages that read it besides check_params)
 READERS = {
-    # train_student: with data.views the views are params `seed`'s
+    # train_student: with data.views the views are params `seed`'s (the teacher's with
+    # teacher.views)
     "seed": (7, ["prepare", "train_teacher", "teacher_targets", "train_student@42",
                  "distill@kd-42", "distill@cosine-42", "distill@hint-42", "compare", "export"]),
     "seeds": ([42, 43], ["compare", "train_student@43", "distill@kd-43", "distill@cosine-43",
@@ -38,7 +39,10 @@ READERS = {
     "data.limit_train": (301, ["prepare"]),
     "data.limit_test": (201, ["prepare"]),
     "data.augment": (True, [*TRAINING, "teacher_targets"]),
-    "data.views": (2, [*TRAINING, "teacher_targets"]),
+    # the students' views (the teacher trains on its own teacher.views), and their mixing
+    "data.views": (2, [*STUDENTS, "teacher_targets"]),
+    "data.mix": ("mixup", [*STUDENTS, "teacher_targets"]),
+    "data.mix_alpha": (0.5, [*STUDENTS, "teacher_targets"]),
     "data.val_fraction": (0.2, ["prepare"]),
     "data.image_size": (24, ["prepare"]),
     "data.mean": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets", "export"]),
@@ -55,6 +59,9 @@ READERS = {
                                              "distill@cosine-42", "distill@hint-42"]),
     "teacher.pretrained": ("teachers/deepnn.pt", ["train_teacher"]),
     "teacher.warmup_epochs": (1, ["train_teacher"]),
+    "teacher.label_smoothing": (0.1, ["train_teacher"]),
+    "teacher.grad_clip": (1.0, ["train_teacher"]),
+    "teacher.views": (2, ["train_teacher"]),
     "student.epochs": (2, STUDENTS),
     "student.lr": (0.002, STUDENTS),
     "student.batch_size": (64, STUDENTS),
@@ -64,9 +71,12 @@ READERS = {
     "student.feature_layer": ("features.3", ["distill@kd-42", "distill@cosine-42",
                                              "distill@hint-42"]),
     "student.warmup_epochs": (1, STUDENTS),
+    "student.label_smoothing": (0.1, STUDENTS),
+    "student.grad_clip": (1.0, STUDENTS),
     "distill.kd.temperature": (4.0, ["distill@kd-42"]),
     "distill.kd.soft_target_weight": (0.5, ["distill@kd-42"]),
     "distill.kd.ce_weight": (0.5, ["distill@kd-42"]),
+    "distill.kd.teacher": ("shuffled", ["distill@kd-42"]),
     "distill.cosine.hidden_weight": (0.5, ["distill@cosine-42"]),
     "distill.cosine.ce_weight": (0.5, ["distill@cosine-42"]),
     "distill.hint.feature_weight": (0.5, ["distill@hint-42"]),
@@ -74,19 +84,31 @@ READERS = {
     # teacher_targets caches features only if a listed method reads them: it depends on that
     # need (data/teacher_needs.json from check_params), not on the list
     "distill.methods": (["kd", "cosine", "hint", "lskd"], ["compare", "distill@lskd-42"]),
-    # no dkd, lskd or dist stage runs in the quick pipeline: their params rerun nothing there
+    # no dkd, lskd, dist, tfkd or fm stage runs in the quick pipeline: their params rerun
+    # nothing there
     "distill.dkd.alpha": (2.0, []),
     "distill.dkd.beta": (4.0, []),
     "distill.dkd.temperature": (2.0, []),
     "distill.dkd.ce_weight": (0.5, []),
     "distill.dkd.warmup_epochs": (0, []),
+    "distill.dkd.teacher": ("shuffled", []),
     "distill.lskd.temperature": (4.0, []),
     "distill.lskd.soft_target_weight": (0.5, []),
     "distill.lskd.ce_weight": (0.5, []),
+    "distill.lskd.teacher": ("shuffled", []),
     "distill.dist.beta": (1.0, []),
     "distill.dist.gamma": (1.0, []),
     "distill.dist.temperature": (1.0, []),
     "distill.dist.ce_weight": (0.5, []),
+    "distill.dist.teacher": ("shuffled", []),
+    "distill.tfkd.correct_prob": (0.9, []),
+    "distill.tfkd.temperature": (4.0, []),
+    "distill.tfkd.reg_weight": (1.0, []),
+    "distill.tfkd.ce_weight": (0.5, []),
+    "distill.fm.temperature": (2.0, []),
+    "distill.fm.soft_target_weight": (0.5, []),
+    "distill.fm.ce_weight": (0.5, []),
+    "distill.fm.teacher": ("shuffled", []),
     # export reads only these; the chosen model reaches it through models/chosen.json
     "export.int8": (False, ["export"]),
     "export.calibration_images": (500, ["export"]),
