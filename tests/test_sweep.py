@@ -199,3 +199,23 @@ def test_accuracy_against_schedule_length_where_the_sweep_tried_several(tmp_path
     schedule.figure(table, tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert schedule.by_schedule(trained_models(FOUND[:3])) is None
+
+
+def test_the_students_views_and_mixing_are_a_recipe_not_a_reason_to_leave_out():
+    """data.views, data.mix and data.mix_alpha feed the students only (the teacher trains on
+    teacher.views): a mixed-view experiment compares with a plain one, its baseline is another
+    baseline recipe."""
+    plain = experiment("plain", 10, 2.0, row([60, 61, 59, 60], [59, 60, 58, 59]),
+                       row([61, 61.5, 59.5, 60.5], [60, 60, 59, 59]))
+    mixed = experiment("cutmix", 10, 2.0, row([62, 63, 61, 62], [61, 62, 60, 61]),
+                       row([64, 65, 63, 64], [63, 64, 62, 63]))
+    plain[1].update({"data.views": 8, "data.mix": "none"})
+    mixed[1].update({"data.views": 8, "data.mix": "cutmix"})
+    models, left_out = comparable([plain, mixed])
+    assert left_out == 0
+    students = [m for m in models if m.model == "student"]
+    assert sorted(m.recipe["data.mix"] for m in students) == ["cutmix", "none"]
+    result = analyse(models)
+    assert result["best_baseline"].recipe["data.mix"] == "cutmix"
+    kd_mixed = next(r for r in result["rows"] if r["trained"].setting["data.mix"] == "cutmix")
+    assert kd_mixed["same_recipe"].recipe["data.mix"] == "cutmix"

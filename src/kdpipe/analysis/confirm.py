@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from kdpipe.analysis.sweep import COMMON, experiments, normal
+from kdpipe.analysis.sweep import experiments, is_common, normal
 from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError
@@ -57,7 +57,7 @@ def check_workspace(common: dict, params: Path = Path("params.yaml")) -> None:
     """The data, teacher and device the sweep compared on must be the workspace's, or the fresh
     students would answer another question."""
     here = {k: v for k, v in flat(yaml.safe_load(params.read_text())).items()
-            if k.startswith(COMMON) and k != "seeds"}
+            if is_common(k) and k != "seeds"}
     wanted = {k: v for k, v in common.items() if k != "seeds"}
     differ = sorted(k for k in here.keys() | wanted.keys()
                     if normal({k: here.get(k)}) != normal({k: wanted.get(k)}))

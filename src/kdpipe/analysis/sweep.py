@@ -39,6 +39,20 @@ from kdpipe.measure.stats import holm, paired_by_seed
 
 # must match across a sweep
 COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
+# ... but for the students' own inputs: which views they see and how they are mixed are part of
+# a recipe, compared like the `student` section (the teacher trains on its own teacher.views)
+STUDENT_DATA = ("data.views", "data.mix", "data.mix_alpha")
+
+
+def is_common(key: str) -> bool:
+    """Whether params `key` must be the same for two settings to compare (data, teacher,
+    seeds, device), rather than be part of a recipe."""
+    return key.startswith(COMMON) and key not in STUDENT_DATA
+
+
+def in_recipe(key: str) -> bool:
+    """Whether params `key` is part of a student's training recipe."""
+    return key.startswith("student.") or key in STUDENT_DATA
 MODELS_FILE = "metrics/models.json"  # every model's per-seed val and test accuracy
 
 
@@ -60,7 +74,7 @@ class Setting:
 
     @property
     def recipe(self) -> dict:
-        return {k: v for k, v in self.setting.items() if k.startswith("student.")}
+        return {k: v for k, v in self.setting.items() if in_recipe(k)}
 
     def mean_val(self) -> float:
         return sum(self.val.values()) / len(self.val)
@@ -69,7 +83,7 @@ class Setting:
 def reads(model: str, key: str) -> bool:
     """Whether `model`'s training stage reads params `key` (besides the common ones)."""
     own = model != "student" and key.startswith(f"distill.{model}.")
-    return key.startswith("student.") or own
+    return in_recipe(key) or own
 
 
 def models_at(rev: str) -> dict | None:
@@ -130,7 +144,7 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
 def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
     unique: dict[str, Setting] = {}
     for name, params, models in found:
-        common = {k: v for k, v in params.items() if k.startswith(COMMON)}
+        common = {k: v for k, v in params.items() if is_common(k)}
         for model, row in models.items():
             if model == "teacher" or "val_acc_per_seed" not in row:
                 continue
@@ -149,7 +163,7 @@ def comparable(found: list[tuple[str, dict, dict]]) -> tuple[list[Setting], int]
     and device, and how many experiments were left out for differing there: scores on other
     data or from another teacher do not compare."""
     def common(params: dict) -> dict:
-        return {k: v for k, v in params.items() if k.startswith(COMMON)}
+        return {k: v for k, v in params.items() if is_common(k)}
 
     workspace = common(found[0][1])
     left_out = len({name for name, params, _ in found if common(params) != workspace})
