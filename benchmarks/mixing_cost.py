@@ -2,17 +2,18 @@
 loop, and the teacher's pass over the views that teacher_targets makes.
 
     python benchmarks/mixing_cost.py [--images 45000] [--views 8] [--teacher-images 2000]
-                                     [--precision fp32|bf16]
+                                     [--precision fp32|bf16] [--rounds 3]
 
 The student: LightNN distilled with kd from cached logits, `--views` views, batch 128, through
 `kdpipe.learn.loop.fit`; the second epoch timed (the first warms up). The teacher: DeepNN's
 pass over `--teacher-images` images x `--views` views (`compute_targets`, as the stage runs it).
-Each plain, then mixup, then CutMix; prints the time per image or view and the ratio to plain.
-Run it on an otherwise idle machine.
+Plain, mixup and CutMix in turn, `--rounds` times; prints each one's median time and its ratio
+to plain. Run it on an otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--teacher-images", type=int, default=2_000)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     runtime = Runtime(CPU, torch.bfloat16 if args.precision == "bf16" else None, False)
     x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
@@ -69,17 +71,24 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, {args.precision} (native bf16: "
           f"{bf16_rule(CPU) or 'no'}), {args.views} views; other load per core before: "
           f"{other_load()}")
-    plain = {}
-    for mode in MODES:
-        views = Views.from_params(0, args.images, args.views, CPU, mode, 1.0, 32)
-        epoch = student_epoch_seconds(x, y, views, runtime)
-        small = Views.from_params(0, args.teacher_images, args.views, CPU, mode, 1.0, 32)
-        teacher = teacher_pass_seconds(x[:args.teacher_images], small, runtime)
-        plain.setdefault("epoch", epoch)
-        plain.setdefault("teacher", teacher)
-        print(f"{mode:7} student epoch {epoch:6.1f} s ({epoch / plain['epoch']:.2f}x plain)   "
-              f"teacher pass {teacher / (args.teacher_images * args.views) * 1e6:8,.0f} s per "
-              f"million views ({teacher / plain['teacher']:.2f}x plain)")
+    # A throwaway run first: the process's first training run pays one-off costs (allocator,
+    # kernel selection) that would otherwise be charged to plain views.
+    student_epoch_seconds(x[:5000], y[:5000], Views.make(0, 5000, args.views, CPU), runtime)
+    times = {mode: {"epoch": [], "teacher": []} for mode in MODES}
+    for _ in range(args.rounds):  # the modes in turn, so that drifts in the host hit all alike
+        for mode in MODES:
+            views = Views.from_params(0, args.images, args.views, CPU, mode, 1.0, 32)
+            times[mode]["epoch"].append(student_epoch_seconds(x, y, views, runtime))
+            small = Views.from_params(0, args.teacher_images, args.views, CPU, mode, 1.0, 32)
+            times[mode]["teacher"].append(
+                teacher_pass_seconds(x[:args.teacher_images], small, runtime))
+    median = {mode: {k: statistics.median(v) for k, v in t.items()} for mode, t in times.items()}
+    plain = median["none"]
+    for mode, m in median.items():
+        per_million = m["teacher"] / (args.teacher_images * args.views) * 1e6
+        print(f"{mode:7} student epoch {m['epoch']:6.1f} s ({m['epoch'] / plain['epoch']:.2f}x "
+              f"plain)   teacher pass {per_million:6,.0f} s per million views "
+              f"({m['teacher'] / plain['teacher']:.2f}x plain)   medians of {args.rounds}")
     print(f"other load per core after: {other_load()}")
 
 

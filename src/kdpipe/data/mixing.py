@@ -76,7 +76,7 @@ class Mixing:
         other = crop_flip(normalize(images[partner]), dy, dx, flip)
         if self.box is None:
             lam = self.lam[image, view][:, None, None, None]
-            mixed = lam * x + (1 - lam) * other
+            mixed = torch.lerp(other, x, lam)  # lam * x + (1 - lam) * other, in one pass
         else:
             y0, y1, x0, x1 = (b[:, None, None, None] for b in self.box[image, view].unbind(-1))
             rows = torch.arange(x.shape[2], device=x.device)[None, None, :, None]
