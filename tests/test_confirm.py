@@ -15,7 +15,7 @@ SWEEP = {"seeds": [42, 43, 44, 45, 46],
 
 def test_fresh_seeds_follow_the_sweeps_and_overlapping_ones_are_refused():
     assert fresh_seeds(None, 5, SWEEP["seeds"]) == [47, 48, 49, 50, 51]
-    assert fresh_seeds("100,7", 5, SWEEP["seeds"]) == [100, 7]
+    assert fresh_seeds("100,7", 5, SWEEP["seeds"]) == [7, 100]
     with pytest.raises(ConfigError, match="45, 46 were seen by the selection .seeds 42-46."):
         fresh_seeds("45-49", 5, SWEEP["seeds"])
     with pytest.raises(ConfigError, match="expected a range"):
@@ -24,18 +24,23 @@ def test_fresh_seeds_follow_the_sweeps_and_overlapping_ones_are_refused():
 
 def test_each_arm_is_an_experiment_of_its_own_params_on_the_fresh_seeds():
     todo = plan(SWEEP, [47, 48])
-    assert todo == {
-        "confirm-chosen-dist-47-48": ['distill.dist.beta=2.0', 'distill.methods=["dist"]',
-                                      "seeds=[47, 48]", "student.lr=0.003"],
-        # plain students: the chosen method rides along (distill.methods may not be empty),
-        # at the baseline's recipe
-        "confirm-baseline-student-47-48": ['distill.dist.beta=2.0', 'distill.methods=["dist"]',
-                                           "seeds=[47, 48]", "student.lr=0.001"]}
+    chosen, baseline = todo
+    assert chosen.startswith("confirm-chosen-dist-47-48-")
+    assert baseline.startswith("confirm-baseline-student-47-48-")
+    assert todo[chosen] == ['distill.dist.beta=2.0', 'distill.methods=["dist"]',
+                            "seeds=[47, 48]", "student.lr=0.003"]
+    # plain students: the chosen method rides along (distill.methods may not be empty), at the
+    # baseline's recipe
+    assert todo[baseline] == ['distill.dist.beta=2.0', 'distill.methods=["dist"]',
+                              "seeds=[47, 48]", "student.lr=0.001"]
     control = {**SWEEP, "best_baseline_model": "tfkd",
                "best_baseline": {"student.lr": 0.003, "distill.tfkd.reg_weight": 10.0}}
-    assert plan(control, [47, 48])["confirm-baseline-tfkd-47-48"] == [
+    assert list(plan(control, [47, 48]).values())[1] == [
         "distill.methods=[\"tfkd\"]", "distill.tfkd.reg_weight=10.0", "seeds=[47, 48]",
         "student.lr=0.003"]
+    # another choice is another experiment, never mistaken for one done before
+    other = {**SWEEP, "chosen": {**SWEEP["chosen"], "setting": {"distill.dist.beta": 1.0}}}
+    assert list(plan(other, [47, 48]))[0] != chosen
 
 
 def kdpipe(repo, *args):

@@ -15,6 +15,7 @@ MLflow run `confirm`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def fresh_seeds(spec: str | None, count: int, seen: list[int]) -> list[int]:
     try:
         first, _, last = spec.partition("-")
         seeds = list(range(int(first), int(last) + 1)) if last else \
-            [int(s) for s in spec.split(",")]
+            sorted({int(s) for s in spec.split(",")})
     except ValueError:
         raise ConfigError(f"--seeds {spec!r}: expected a range such as 47-51 or a list "
                           "such as 47,48,49") from None
@@ -83,9 +84,11 @@ def plan(sweep: dict, seeds: list[int]) -> dict[str, list[str]]:
     for arm, (model, setting) in arms(sweep).items():
         sets = {**chosen_setting, **setting} if model == "student" else dict(setting)
         sets |= {"seeds": seeds, "distill.methods": [chosen_model if model == "student" else model]}
-        name = f"confirm-{arm}-{model}-{seed_range(seeds).replace(', ', '_')}"
-        out[name] = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
                      for k, v in sorted(sets.items())]
+        # The settings' digest in the name: another sweep's choice is another experiment.
+        digest = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6]
+        out[f"confirm-{arm}-{model}-{seed_range(seeds).replace(', ', '_')}-{digest}"] = overrides
     return out
 
 
