@@ -28,7 +28,7 @@ from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.files import read_json, write_json, write_text
-from kdpipe.core.markdown import table
+from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import paired_by_seed, verdict
 
 
@@ -121,9 +121,8 @@ def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
             "gain": paired_by_seed(tests["chosen"], tests["baseline"])}
 
 
-def pm(gain: dict) -> str:
-    """+1.83 ± 0.76: a gain's mean and 95% CI half-width (none with one seed)."""
-    return f"{gain['mean']:+.2f}" + (f" ± {gain['ci95']:.2f}" if gain.get("ci95") else "")
+def gain_cell(gain: dict) -> str:
+    return plus_minus(gain["mean"], gain["ci95"], "+")
 
 
 def markdown(sweep: dict, result: dict) -> str:
@@ -138,15 +137,15 @@ def markdown(sweep: dict, result: dict) -> str:
              "once. Gains paired per seed, accuracy points, mean ± 95% CI; one pre-registered "
              "test, so p is not adjusted.", ""]
     mean = {arm: sum(v.values()) / len(v) for arm, v in result["test"].items()}
-    rows = [["selection: val gain over the best baseline", pm(selection),
+    rows = [["selection: val gain over the best baseline", gain_cell(selection),
              f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
              verdict(selection, "p_holm")]]
     if selection_test:
-        rows.append(["selection: test gain, same seeds", pm(selection_test),
+        rows.append(["selection: test gain, same seeds", gain_cell(selection_test),
                      f"{selection_test['p_value']:.4f} (selection's seeds)",
                      verdict(selection_test, "p_value")])
     rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {mean['chosen']:.2f}% "
-                 f"vs {base} {mean['baseline']:.2f}%)", f"**{pm(g)}**", p,
+                 f"vs {base} {mean['baseline']:.2f}%)", f"**{gain_cell(g)}**", p,
                  f"**{verdict(g, 'p_value')}**"])
     lines += table(["figure", "gain (pp)", "p", "verdict"], rows, "lrll")
     test = {arm: [v[str(s)] for s in result["seeds"]] for arm, v in result["test"].items()}

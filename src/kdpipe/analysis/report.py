@@ -9,7 +9,7 @@ import torch
 
 from kdpipe.core.files import read_json
 from kdpipe.core.machine import BUSY
-from kdpipe.core.markdown import table
+from kdpipe.core.markdown import plus_minus, table
 from kdpipe.core.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.measure.fidelity import FIDELITY_KEYS, to_teacher
 from kdpipe.measure.stats import holm, paired_gain, summarize, verdict
@@ -87,10 +87,6 @@ def _p(p: float | None) -> str:
     return "–" if p is None else f"{p:.3f}"
 
 
-def _pm(value: float, ci: float | None, sign: str = "") -> str:
-    return f"{value:{sign}.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
-
-
 def markdown(comparison: dict) -> str:
     models, gains = comparison["models"], comparison["gains"]
     seeds, teacher_seed = models["student"]["seeds"], models["teacher"]["seeds"][0]
@@ -100,11 +96,11 @@ def markdown(comparison: dict) -> str:
     rows = []
     for name, row in models.items():
         gain = gains.get(name)
-        gain_cells = ([_pm(gain["mean"], gain["ci95"], "+"), _p(gain["p_value"]),
+        gain_cells = ([plus_minus(gain["mean"], gain["ci95"], "+"), _p(gain["p_value"]),
                        _p(gain["p_holm"]), gain["verdict"]] if gain else ["", "", "", ""])
         rows.append([
             f"**{name}**: {row['description']}", f"{row['num_params']:,.0f}",
-            _pm(row["test_acc"], row["test_acc_ci95"]),
+            plus_minus(row["test_acc"], row["test_acc_ci95"]),
             *gain_cells, f"{row['size_mb']:.2f}", f"{row['inference_ms_batch1']:.2f}",
             f"{row['inference_images_per_second']:,.0f}", f"{row['speedup_vs_teacher']:.1f}×",
             f"{row['train_seconds']:.1f}", f"{row['wall_seconds']:.1f}"])
@@ -151,8 +147,8 @@ def load_lines(models: dict) -> list[str]:
 
 def fidelity_lines(models: dict) -> list[str]:
     """Fidelity on test (kdpipe.measure.fidelity), mean ± 95% CI over seeds."""
-    rows = [[name, *(_pm(row[k], row[f"{k}_ci95"]) if k in row else "–" for k in FIDELITY_KEYS)]
-            for name, row in models.items()]
+    rows = [[name, *(plus_minus(row[k], row[f"{k}_ci95"]) if k in row else "–"
+                     for k in FIDELITY_KEYS)] for name, row in models.items()]
     return ["", "Fidelity on test: top-1 agreement with the teacher, KL(teacher ‖ model) at "
             "T = 1, expected calibration error (15 bins).", "",
             *table(["model", "agreement %", "KL (nats)", "ECE %"], rows, "lrrr")]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdpipe.core.files import write_with
-from kdpipe.core.markdown import table
+from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import paired_by_seed
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def markdown(schedules: dict[int, dict[str, Setting]]) -> list[str]:
         for name in names:
             g = gain(row, name)
             cells.append("–" if name not in row else f"{row[name].mean_val():.2f}" + (
-                f" ({g['mean']:+.2f} ± {g['ci95'] or 0:.2f})" if g else ""))
+                f" ({plus_minus(g['mean'], g['ci95'], '+')})" if g else ""))
         rows.append(cells)
     return ["", "Accuracy against schedule length (validation %, best setting of each at each "
             "length; in brackets its paired gain over that length's best baseline, pp ± 95% "

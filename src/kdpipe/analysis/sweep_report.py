@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdpipe.core.files import write_with
-from kdpipe.core.markdown import table
+from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import verdict
 
 if TYPE_CHECKING:
@@ -40,9 +40,8 @@ def _gain(g: dict | None, p_key: str = "p_holm") -> list[str]:
     """Three cells: mean ± CI, p, verdict."""
     if not g:
         return ["–", "–", "–"]
-    ci = f" ± {g['ci95']:.2f}" if g["ci95"] is not None else ""
     p = "–" if g.get(p_key) is None else f"{g[p_key]:.3f}"
-    return [f"{g['mean']:+.2f}{ci}", p, verdict(g, p_key)]
+    return [plus_minus(g["mean"], g["ci95"], "+"), p, verdict(g, p_key)]
 
 
 def markdown(result: dict, keys: list[str], left_out: int) -> str:

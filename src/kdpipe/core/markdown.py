@@ -14,3 +14,10 @@ def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
 
 def line(cells: list[str]) -> str:
     return f"| {' | '.join(cells)} |"
+
+
+def plus_minus(value: float, ci: float | None, sign: str = "") -> str:
+    """A mean and its 95% CI half-width as every report writes them, e.g. +1.83 ± 0.76 (`sign`
+    "+" for gains); the mean alone where there is no CI (one seed)."""
+    return f"{value:{sign}.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
+
