@@ -19,7 +19,7 @@ import torch
 from scipy.stats import beta
 
 from kdpipe.data.hashing import hashed, uniform
-from kdpipe.data.prepared import PAD, crop_flip
+from kdpipe.data.prepared import crop_flip, crop_params
 
 # Salts: each property of a mixed view hashes (seed ^ salt, image, view) on its own.
 PARTNER, PARTNER_VIEW, WEIGHT, BOX_Y, BOX_X = 0x9A27, 0xC809, 0x1A3B, 0xB0F1, 0xB0F2
@@ -48,8 +48,7 @@ class Mixing:
 
         # Never the image itself: i + 1 + (0 .. N-2), modulo N.
         partner = (image + 1 + h(PARTNER) % np.uint64(max(images - 1, 1))) % images
-        hv, span = h(PARTNER_VIEW), np.uint64(2 * PAD + 1)
-        crops = np.stack([hv % span, (hv >> np.uint64(8)) % span, (hv >> np.uint64(16)) & 1], -1)
+        crops = crop_params(h(PARTNER_VIEW))
         lam = beta.ppf(uniform(h(WEIGHT)), alpha, alpha)
         box = None
         if mode == "cutmix":  # the box of CutMix's reference code (rand_bbox), clipped

@@ -122,6 +122,13 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return crop_flip(batch, dy, dx, flip)
 
 
+def crop_params(h: np.ndarray) -> np.ndarray:
+    """uint64 hashes -> crop_flip's parameters (..., 3): offsets dy, dx in 0..2*PAD from two
+    bytes, the flip from a third bit."""
+    span = np.uint64(2 * PAD + 1)
+    return np.stack([h % span, (h >> np.uint64(8)) % span, (h >> np.uint64(16)) & 1], -1)
+
+
 def crop_flip(batch: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
               flip: torch.Tensor) -> torch.Tensor:
     """Each image of a normalised batch padded by PAD zeros, cropped back to its size at offset

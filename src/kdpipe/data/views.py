@@ -19,9 +19,15 @@ import torch
 
 from kdpipe.data.hashing import hashed
 from kdpipe.data.mixing import Mixing
-from kdpipe.data.prepared import PAD, crop_flip
+from kdpipe.data.prepared import crop_flip, crop_params
 
 CHOICE_SALT = 0x5EED_F00D  # separates the per-epoch choice from the views' own parameters
+
+
+def image_of(rows: torch.Tensor, views: int) -> torch.Tensor:
+    """The training image of each teacher-cache row, for `views` views per image (0: a row per
+    image). The inverse of Views.keys."""
+    return rows // max(views, 1)
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,7 @@ class Views:
 
     @classmethod
     def make(cls, seed: int, images: int, views: int, device: torch.device) -> Views:
-        h = hashed(seed, np.arange(images)[:, None], np.arange(views)[None, :])
-        span = np.uint64(2 * PAD + 1)
-        params = np.stack([h % span, (h >> np.uint64(8)) % span, (h >> np.uint64(16)) & 1], -1)
+        params = crop_params(hashed(seed, np.arange(images)[:, None], np.arange(views)[None, :]))
         return cls(torch.from_numpy(params.astype(np.int64)).to(device), seed)
 
     @property
@@ -67,7 +71,7 @@ class Views:
 
     def images(self, keys: torch.Tensor) -> torch.Tensor:
         """The image of each cache row."""
-        return keys // self.count
+        return image_of(keys, self.count)
 
     def apply(self, batch: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The normalised images of `batch` as the views that `keys` name, unmixed."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from kdpipe.data.views import image_of
 from kdpipe.learn.objective import TeacherOutputs
 
 
@@ -28,12 +29,13 @@ def shuffle_non_target(logits: torch.Tensor, labels: torch.Tensor,
 
 class ShuffledTeacher:
     """A cached teacher source (learn.teacher_targets.CachedTargets) whose logits are shuffled
-    once, row by row: row r is view r % views of training image r // views."""
+    once, row by row, each row against the label of its image (data.views.image_of)."""
 
     def __init__(self, cached, train_labels: torch.Tensor, views: int, seed: int):
-        labels = train_labels.repeat_interleave(max(views, 1))
+        logits = cached.tensors["logits"]
+        labels = train_labels[image_of(torch.arange(len(logits)), views)]
         generator = torch.Generator().manual_seed(seed)
-        self.logits = shuffle_non_target(cached.tensors["logits"], labels, generator)
+        self.logits = shuffle_non_target(logits, labels, generator)
 
     def __call__(self, keys: torch.Tensor, x: torch.Tensor) -> TeacherOutputs:
         return TeacherOutputs(logits=self.logits[keys].float())
