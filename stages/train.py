@@ -15,7 +15,7 @@ from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Prepared
 from kdpipe.learn.objective import Objective
 from kdpipe.learn.pretrained import pretrained_weights
-from kdpipe.learn.training import ModelSpec, seeded_model, train_model
+from kdpipe.learn.training import ModelSpec, seeded_model, train_model, view_count
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
 
@@ -36,8 +36,7 @@ def main(cfg: Config) -> None:
               **section(cfg, "device", "precision", "threads", "data.augment", *views,
                         "data.mean", "data.std"),
               # The views are params `seed`'s (the same for every model), not the model's seed
-              **({"views_seed": cfg.seed}
-                 if (cfg.data.views if name == "student" else cfg.teacher.views) else {})}
+              **({"views_seed": cfg.seed} if view_count(name, cfg) else {})}
     spec = ModelSpec(name, seed, name, train, params, description=DESCRIPTIONS[name])
     if name == "teacher" and cfg.teacher.pretrained:
         path = store.repo_root() / cfg.teacher.pretrained

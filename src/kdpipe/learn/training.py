@@ -63,14 +63,18 @@ def load_data(prepared: Prepared, data_cfg: DataConfig, device: torch.device) ->
                      len(prepared.classes))
 
 
+def view_count(role: str, cfg: Config) -> int:
+    """How many views per image a model trains on: the teacher its own teacher.views, students
+    data.views (all the teacher's outputs were cached on). So more views for students retrain
+    no teacher."""
+    return cfg.teacher.views if role == "teacher" else cfg.data.views
+
+
 def model_views(role: str, cfg: Config, images: int, device: torch.device,
                 size: int) -> Views | None:
-    """The views a model trains on: the teacher its own teacher.views, unmixed; students
-    data.views (all the teacher's outputs were cached on), mixed as data.mix says. So more or
-    mixed views for students retrain no teacher."""
-    if role == "teacher":
-        return Views.from_params(cfg.seed, images, cfg.teacher.views, device)
-    return Views.from_params(cfg.seed, images, cfg.data.views, device, cfg.data.mix,
+    """The views a model trains on (view_count), the students' mixed as data.mix says."""
+    mix = "none" if role == "teacher" else cfg.data.mix
+    return Views.from_params(cfg.seed, images, view_count(role, cfg), device, mix,
                              cfg.data.mix_alpha, size)
 
 
