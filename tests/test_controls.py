@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.analysis.sweep import analyse, trained_models
-from kdpipe.core.config import Config, build
+from kdpipe.core.config import Config
 from kdpipe.core.errors import ConfigError
+from kdpipe.core.schema import build
 from kdpipe.learn.methods import registry
 from kdpipe.learn.methods.tfkd import TeacherFreeKD, TfKDConfig, virtual_teacher
 from kdpipe.learn.objective import Objective, TeacherOutputs

@@ -139,8 +139,9 @@ def test_gradient_clipping_bounds_every_step(tiny_data, cpu, monkeypatch):
 def test_mixing_is_refused_where_it_cannot_apply():
     import yaml
 
-    from kdpipe.core.config import Config, build
+    from kdpipe.core.config import Config
     from kdpipe.core.errors import ConfigError
+    from kdpipe.core.schema import build
     from kdpipe.learn.methods import registry
     from tests.project import ROOT
 

@@ -7,7 +7,9 @@ without becoming part of the saved student.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,22 @@ class Objective(nn.Module):
         """Called before each training step with the global step (1-based, counted over all
         epochs), for terms that change with training time. What it sets must depend on `step`
         alone: a resumed run then continues exactly as an uninterrupted one."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Base of a method's settings (Method.settings): the terms' weights plus the
+    cross-entropy weight, at least one of them > 0."""
+
+    # The fields that weight a term but are not named *weight (the papers' alpha, beta, gamma).
+    TERM_WEIGHTS: ClassVar[tuple[str, ...]] = ()
+
+    def check(self) -> str | None:
+        names = [f.name for f in dataclasses.fields(self)
+                 if "weight" in f.name or f.name in self.TERM_WEIGHTS]
+        if all(getattr(self, name) == 0 for name in names):
+            return f"the weights are all 0 ({', '.join(names)}); at least one must be > 0"
+        return None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from kdpipe.core.config import Config, build
+from kdpipe.core.config import Config
 from kdpipe.core.errors import ConfigError
+from kdpipe.core.schema import build
 
 RECIPES = Path("recipes")
 

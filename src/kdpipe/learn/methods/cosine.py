@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdpipe.core.config import LossWeights, weight
-from kdpipe.learn.objective import FeatureShapes, Method, Objective
+from kdpipe.core.schema import weight
+from kdpipe.learn.objective import FeatureShapes, LossWeights, Method, Objective
 
 
 @dataclass(frozen=True)

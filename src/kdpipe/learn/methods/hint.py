@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdpipe.core.config import LossWeights, weight
 from kdpipe.core.errors import ConfigError
-from kdpipe.learn.objective import FeatureShapes, Method, Objective
+from kdpipe.core.schema import weight
+from kdpipe.learn.objective import FeatureShapes, LossWeights, Method, Objective
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdpipe.core.config import LossWeights, positive_float, weight
-from kdpipe.learn.objective import Method, SoftTarget
+from kdpipe.core.schema import positive_float, weight
+from kdpipe.learn.objective import LossWeights, Method, SoftTarget
 
 
 @dataclass(frozen=True)

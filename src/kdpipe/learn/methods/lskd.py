@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kdpipe.core.config import LossWeights, positive_float, weight
-from kdpipe.learn.objective import Method, SoftTarget
+from kdpipe.core.schema import positive_float, weight
+from kdpipe.learn.objective import LossWeights, Method, SoftTarget
 
 
 @dataclass(frozen=True)

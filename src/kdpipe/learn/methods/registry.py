@@ -13,8 +13,9 @@ import pkgutil
 from dataclasses import asdict
 from pathlib import Path
 
-from kdpipe.core.config import Config, build
+from kdpipe.core.config import Config
 from kdpipe.core.errors import ConfigError
+from kdpipe.core.schema import build
 from kdpipe.learn.objective import FeatureShapes, Method, Objective
 
 FOLDER = Path(__file__).parent

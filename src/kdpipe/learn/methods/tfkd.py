@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdpipe.core.config import LossWeights, positive_float, rule, weight
-from kdpipe.learn.objective import FeatureShapes, Method, Objective
+from kdpipe.core.schema import positive_float, rule, weight
+from kdpipe.learn.objective import FeatureShapes, LossWeights, Method, Objective
 
 
 @dataclass(frozen=True)
