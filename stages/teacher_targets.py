@@ -8,8 +8,8 @@ import math
 import time
 
 from kdpipe.core.config import Config, section
-from kdpipe.core.files import folder_mb, read_json, write_json
-from kdpipe.core.machine import environment, stage_cost
+from kdpipe.core.files import folder_mb, read_json
+from kdpipe.core.machine import environment
 from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
 from kdpipe.core.progress import clock, say
 from kdpipe.core.runtime import setup
@@ -30,18 +30,20 @@ METRICS_FILE = METRICS_DIR / "teacher_targets.json"
 
 def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
+    params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
+                     "data.augment", "data.views", "data.mix", "data.mix_alpha", "data.mean",
+                     "data.std")
     if cfg.data.augment:
-        save_targets(TARGETS_DIR, {"data_sha256": prepared.digest, "live_teacher": True})
-        write_json(METRICS_FILE, {"cached_samples": 0, **stage_cost()})
-        print("data.augment is on: the distill stages run the teacher live on each augmented "
-              "batch; nothing to cache")
+        with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params,
+                            METRICS_FILE) as stage:
+            save_targets(TARGETS_DIR, {"data_sha256": prepared.digest, "live_teacher": True})
+            stage.finish({"cached_samples": 0})
+        say("data.augment is on: the distill stages run the teacher live on each augmented "
+            "batch; nothing to cache")
         return
     runtime = setup(cfg)
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
-    params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
-                     "data.augment", "data.views", "data.mix", "data.mix_alpha", "data.mean",
-                     "data.std")
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
     features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
     with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params, METRICS_FILE,

@@ -84,3 +84,32 @@ def test_a_stage_continues_its_run_whatever_experiment_the_process_had_active(st
     with recorded_stage("stages", "kd-42", {}, run_id=first.run.info.run_id) as again:
         again.finish({"test_acc": 1.0})
     assert mlflow.get_run(first.run.info.run_id).data.metrics["test_acc"] == 1.0
+
+
+def test_teacher_targets_with_a_live_teacher_records_its_run(store, monkeypatch):
+    """With data.augment there is nothing to cache, yet the stage is recorded as every other."""
+    import importlib.util
+
+    import yaml
+
+    from kdpipe.core.config import load_config
+    from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR
+    from kdpipe.data.prepared import prepare
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"] |= {"source": "synthetic", "limit_train": 100, "limit_test": 50, "augment": True}
+    (store / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(store)
+    cfg = load_config()
+    prepare(cfg.data, cfg.seed, store, PREPARED_DIR)
+    spec = importlib.util.spec_from_file_location("teacher_targets_stage",
+                                                  ROOT / "stages" / "teacher_targets.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    stage.main(cfg)
+    assert json.loads((TARGETS_DIR / "meta.json").read_text())["live_teacher"] is True
+    assert json.loads((METRICS_DIR / "teacher_targets.json").read_text())["cached_samples"] == 0
+    (run,) = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
+    assert run.info.run_name == "teacher_targets" and run.info.status == "FINISHED"
+    assert run.data.params["data.augment"] == "True"
+    assert run.data.metrics["stage/cached_samples"] == 0
