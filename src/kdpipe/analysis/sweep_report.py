@@ -46,9 +46,10 @@ def _gain(g: dict | None, p_key: str = "p_holm") -> list[str]:
 
 def markdown(result: dict, keys: list[str], left_out: int) -> str:
     best, rows = result["best_baseline"], result["rows"]
+    experiments = len({r["trained"].experiment for r in rows})
     lines = ["# Sweep: gains chosen on validation, confirmed once on test", "",
              f"{len(rows)} distilled settings and {len(result['baselines'])} baseline recipes "
-             f"({len({r['trained'].experiment for r in rows})} experiments with distilled "
+             f"({experiments} experiment{'' if experiments == 1 else 's'} with distilled "
              "students; identical settings counted once). Gains are paired per seed, in "
              "accuracy points, mean ± 95% CI; p: paired t-test, Holm-adjusted for the settings "
              "tried; noise: adjusted p >= 0.05.",
