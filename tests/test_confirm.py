@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from kdpipe.analysis.confirm import fresh_seeds, plan
+from kdpipe.analysis.confirm import arm_names, fresh_seeds, plan
 from kdpipe.core.errors import ConfigError
 from tests.project import clean_env, clone, edit_params, read_json, sh
 
@@ -41,6 +41,17 @@ def test_each_arm_is_an_experiment_of_its_own_params_on_the_fresh_seeds():
     # another choice is another experiment, never mistaken for one done before
     other = {**SWEEP, "chosen": {**SWEEP["chosen"], "setting": {"distill.dist.beta": 1.0}}}
     assert list(plan(other, [47, 48]))[0] != chosen
+
+
+def test_a_method_against_its_own_control_is_named_by_what_tells_them_apart():
+    assert arm_names(SWEEP) == ("dist", "student")
+    control = {**SWEEP, "best_baseline_model": "dist",
+               "best_baseline": {**SWEEP["chosen"]["setting"],
+                                 "distill.dist.teacher": "shuffled"}}
+    control["chosen"] = {**SWEEP["chosen"], "setting": {**SWEEP["chosen"]["setting"],
+                                                        "distill.dist.teacher": "trained"}}
+    assert arm_names(control) == ("dist (distill.dist.teacher=trained)",
+                                  "dist (distill.dist.teacher=shuffled)")
 
 
 def kdpipe(repo, *args):

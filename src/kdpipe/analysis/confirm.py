@@ -76,6 +76,20 @@ def arms(sweep: dict) -> dict[str, tuple[str, dict]]:
             "baseline": (sweep["best_baseline_model"], sweep["best_baseline"])}
 
 
+def arm_names(sweep: dict) -> tuple[str, str]:
+    """What the report calls the chosen arm and the baseline arm: their models, and where both
+    are the same model (a method against its own control), the params that tell them apart."""
+    (chosen, chosen_setting), (base, base_setting) = arms(sweep).values()
+    if chosen != base:
+        return chosen, base
+    differ = sorted(k for k in chosen_setting.keys() | base_setting.keys()
+                    if chosen_setting.get(k) != base_setting.get(k))
+
+    def name(model: str, setting: dict) -> str:
+        return f"{model} ({', '.join(f'{k}={setting.get(k)}' for k in differ)})"
+    return name(chosen, chosen_setting), name(base, base_setting)
+
+
 def plan(sweep: dict, seeds: list[int]) -> dict[str, list[str]]:
     """{experiment name: its `-S` overrides}: one experiment per arm (a baseline arm of plain
     students also trains the chosen method, as `distill.methods` may not be empty)."""
@@ -126,7 +140,7 @@ def gain_cell(gain: dict) -> str:
 
 
 def markdown(sweep: dict, result: dict) -> str:
-    chosen, base = arms(sweep)["chosen"][0], arms(sweep)["baseline"][0]
+    chosen, base = arm_names(sweep)
     g, selection = result["gain"], sweep["chosen"]["val_vs_best"]
     p = "–" if g["p_value"] is None else f"{g['p_value']:.4f}"
     selection_test = (sweep.get("chosen_test") or {}).get("vs_best") or {}
