@@ -88,7 +88,7 @@ def test_a_stage_continues_its_run_whatever_experiment_the_process_had_active(st
 
 def test_teacher_targets_with_a_live_teacher_records_its_run(store, monkeypatch):
     """With data.augment there is nothing to cache, yet the stage is recorded as every other."""
-    import importlib.util
+    import runpy
 
     import yaml
 
@@ -102,11 +102,7 @@ def test_teacher_targets_with_a_live_teacher_records_its_run(store, monkeypatch)
     monkeypatch.chdir(store)
     cfg = load_config()
     prepare(cfg.data, cfg.seed, store, PREPARED_DIR)
-    spec = importlib.util.spec_from_file_location("teacher_targets_stage",
-                                                  ROOT / "stages" / "teacher_targets.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    stage.main(cfg)
+    runpy.run_path(str(ROOT / "stages" / "teacher_targets.py"))["main"](cfg)  # as not __main__
     assert json.loads((TARGETS_DIR / "meta.json").read_text())["live_teacher"] is True
     assert json.loads((METRICS_DIR / "teacher_targets.json").read_text())["cached_samples"] == 0
     (run,) = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
