@@ -10,7 +10,8 @@ import sys
 import torch
 
 from kdpipe.core.config import Config, as_dict, section
-from kdpipe.core.paths import PREPARED_DIR, TARGETS_DIR, model_file
+from kdpipe.core.files import read_json
+from kdpipe.core.paths import MIXING, PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.core.runtime import setup
 from kdpipe.data.mixing import describe
 from kdpipe.data.prepared import Prepared
@@ -28,6 +29,7 @@ def main(cfg: Config) -> None:
     name, seed = sys.argv[1], int(sys.argv[2])
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
+    mixing = read_json(MIXING)
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     method, settings = registry.method(name), registry.settings(cfg, name)
@@ -46,7 +48,7 @@ def main(cfg: Config) -> None:
                             autocast=runtime.autocast, folder=TARGETS_DIR, needs=objective.needs,
                             device=runtime.device, data_sha256=prepared.digest,
                             views=cfg.data.views,
-                            mix=describe(cfg.data.mix, cfg.data.mix_alpha)) \
+                            mix=describe(mixing)) \
         if method.needs else None
     kind, description = registry.teacher(cfg, name), method.description
     if kind == "shuffled":
@@ -55,10 +57,10 @@ def main(cfg: Config) -> None:
         description += ", on the shuffled teacher (control)"
     params = {"seed": seed, **section(cfg, "device", "precision", "threads", "student",
                                       "teacher.feature_layer", "data.augment", "data.views",
-                                      "data.mix", "data.mix_alpha", "data.mean", "data.std"),
+                                      "data.mean", "data.std"), **mixing,
               f"distill.{name}": {**as_dict(settings), "teacher": kind}}
     spec = ModelSpec(name, seed, "student", cfg.student, params, description=description,
-                     control=registry.is_control(cfg, name))
+                     control=registry.is_control(cfg, name), mixing=mixing)
     metrics = train_model(spec, cfg, runtime, objective, prepared, source,
                           saved if method.needs else None)
     print(f"{name} (seed {seed}): test accuracy {metrics['test_acc']:.2f}%")

@@ -10,7 +10,14 @@ import time
 from kdpipe.core.config import Config, section
 from kdpipe.core.files import folder_mb, read_json
 from kdpipe.core.machine import environment
-from kdpipe.core.paths import METRICS_DIR, PREPARED_DIR, TARGETS_DIR, TEACHER_NEEDS, model_file
+from kdpipe.core.paths import (
+    METRICS_DIR,
+    MIXING,
+    PREPARED_DIR,
+    TARGETS_DIR,
+    TEACHER_NEEDS,
+    model_file,
+)
 from kdpipe.core.progress import clock, say
 from kdpipe.core.runtime import setup
 from kdpipe.data.mixing import describe
@@ -30,9 +37,9 @@ METRICS_FILE = METRICS_DIR / "teacher_targets.json"
 
 def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
-    params = section(cfg, "device", "precision", "threads", "teacher.feature_layer",
-                     "data.augment", "data.views", "data.mix", "data.mix_alpha", "data.mean",
-                     "data.std")
+    mixing = read_json(MIXING)
+    params = {**section(cfg, "device", "precision", "threads", "teacher.feature_layer",
+                        "data.augment", "data.views", "data.mean", "data.std"), **mixing}
     if cfg.data.augment:
         with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params,
                             METRICS_FILE) as stage:
@@ -52,8 +59,8 @@ def main(cfg: Config) -> None:
                                                   store.repo_root(), PREPARED_DIR))
         link_teacher(saved)
         images = to_device(prepared.splits["train"].images, runtime.device)
-        views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device,
-                                  cfg.data.mix, cfg.data.mix_alpha, prepared.image_size)
+        views = Views.from_params(cfg.seed, len(images), cfg.data.views, runtime.device, mixing,
+                                  prepared.image_size)
         rows = len(images) * (views.count if views else 1)
         shape = feature_shape(teacher, prepared.image_size) if features else None
         check_cache_fits(rows, len(prepared.classes), shape)
@@ -66,7 +73,7 @@ def main(cfg: Config) -> None:
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
                                    "teacher_run_id": saved["mlflow_run_id"],
                                    "teacher_layer": teacher.layer, "views": cfg.data.views,
-                                   "mix": describe(cfg.data.mix, cfg.data.mix_alpha)},
+                                   "mix": describe(mixing)},
                      logits, maps)
         seconds = time.perf_counter() - start
         stage.finish({"cached_samples": len(logits),

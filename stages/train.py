@@ -9,7 +9,8 @@ import sys
 from dataclasses import replace
 
 from kdpipe.core.config import Config, as_dict, section
-from kdpipe.core.paths import PREPARED_DIR
+from kdpipe.core.files import read_json
+from kdpipe.core.paths import MIXING, PREPARED_DIR
 from kdpipe.core.progress import say
 from kdpipe.core.runtime import setup
 from kdpipe.data.prepared import Prepared
@@ -30,14 +31,17 @@ def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
     # Plain training taps no features: the feature layer is the distilling stages' param.
     train = replace(getattr(cfg, name), feature_layer="")
-    # The teacher's views are its own (teacher.views); students' data.views, mixed by data.mix.
-    views = ("data.views", "data.mix", "data.mix_alpha") if name == "student" else ()
+    # The teacher's views are its own (teacher.views), unmixed; students' data.views, mixed as
+    # data/mixing.json says.
+    mixing = read_json(MIXING) if name == "student" else None
+    views = ("data.views",) if name == "student" else ()
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
               **section(cfg, "device", "precision", "threads", "data.augment", *views,
-                        "data.mean", "data.std"),
+                        "data.mean", "data.std"), **(mixing or {}),
               # The views are params `seed`'s (the same for every model), not the model's seed
               **({"views_seed": cfg.seed} if view_count(name, cfg) else {})}
-    spec = ModelSpec(name, seed, name, train, params, description=DESCRIPTIONS[name])
+    spec = ModelSpec(name, seed, name, train, params, description=DESCRIPTIONS[name],
+                     mixing=mixing)
     if name == "teacher" and cfg.teacher.pretrained:
         path = store.repo_root() / cfg.teacher.pretrained
         model = seeded_model(train, name, seed, len(prepared.classes), prepared.image_size)

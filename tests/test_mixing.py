@@ -4,7 +4,7 @@ and gradient clipping."""
 import pytest
 import torch
 
-from kdpipe.core.config import TrainConfig
+from kdpipe.core.config import DataConfig, TrainConfig
 from kdpipe.data.mixing import Mixing
 from kdpipe.data.prepared import crop_flip
 from kdpipe.data.views import Views
@@ -19,8 +19,19 @@ from tests.test_views import CPU, Recorder, cached_views, zero_weight_kd_is_the_
 TWO_EPOCHS = TrainConfig(2, 1e-3, 50)
 
 
+def mixing(mode: str, alpha: float = 1.0) -> dict:
+    """What check_params writes to data/mixing.json for these params."""
+    return DataConfig("synthetic", 0, 0, views=4, mix=mode, mix_alpha=alpha).mixing()
+
+
 def mixed(mode: str, seed: int = 42, images: int = 200, views: int = 4, alpha: float = 1.0):
-    return Views.from_params(seed, images, views, CPU, mode, alpha, 32)
+    return Views.from_params(seed, images, views, CPU, mixing(mode, alpha), 32)
+
+
+def test_the_stages_read_the_mixing_weight_only_with_a_mixing_mode():
+    assert mixing("none", 0.5) == mixing("none", 1.0) == {"data.mix": "none"}
+    assert mixing("cutmix", 0.5) == {"data.mix": "cutmix", "data.mix_alpha": 0.5}
+    assert Views.from_params(42, 20, 4, CPU, mixing("none", 0.5)).mixing is None
 
 
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])

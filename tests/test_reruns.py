@@ -39,10 +39,11 @@ READERS = {
     "data.limit_train": (301, ["prepare"]),
     "data.limit_test": (201, ["prepare"]),
     "data.augment": (True, [*TRAINING, "teacher_targets"]),
-    # the students' views (the teacher trains on its own teacher.views), and their mixing
+    # the students' views (the teacher trains on its own teacher.views); their mixing reaches
+    # the stages through data/mixing.json from check_params (test below)
     "data.views": (2, [*STUDENTS, "teacher_targets"]),
-    "data.mix": ("mixup", [*STUDENTS, "teacher_targets"]),
-    "data.mix_alpha": (0.5, [*STUDENTS, "teacher_targets"]),
+    "data.mix": ("mixup", []),
+    "data.mix_alpha": (0.5, []),
     "data.val_fraction": (0.2, ["prepare"]),
     "data.image_size": (24, ["prepare"]),
     "data.mean": ([0.5, 0.5, 0.5], [*TRAINING, "teacher_targets", "export"]),
@@ -207,6 +208,25 @@ def test_the_teacher_pass_follows_what_the_methods_read_not_the_list(built, tmp_
         *and_export(before, repo)])
     assert read_json(repo / "data" / "teacher_needs.json") == {"needs": ["logits"]}
     assert not (repo / "data" / "teacher_targets" / "features.npy").exists()
+
+
+def test_the_mixing_weight_reruns_the_students_only_where_a_mixing_mode_uses_it(built, tmp_path):
+    """data.mix and data.mix_alpha reach the stages that show students views through
+    data/mixing.json (check_params), which names the alpha only with a mode."""
+    repo = clone(built, tmp_path / "repo")
+    readers = sorted([*STUDENTS, "teacher_targets"])
+    edit_params(repo, {"data": {"mix_alpha": 0.5}})
+    assert ran_stages(sh(["dvc", "repro"], repo)) == ["check_params"]
+    edit_params(repo, {"data": {"views": 2, "mix": "mixup"}})
+    sh(["dvc", "repro", "-s", "check_params"], repo)
+    assert read_json(repo / "data" / "mixing.json") == {"data.mix": "mixup",
+                                                       "data.mix_alpha": 0.5}
+    assert stale_stages(repo) == readers
+    sh(["dvc", "commit", "-f"], repo)  # take the stages as run with these params
+    assert stale_stages(repo) == []
+    edit_params(repo, {"data": {"mix_alpha": 2.0}})
+    sh(["dvc", "repro", "-s", "check_params"], repo)
+    assert stale_stages(repo) == readers
 
 
 def test_export_reruns_only_when_the_chosen_model_changes(built, tmp_path):

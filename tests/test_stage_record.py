@@ -102,7 +102,8 @@ def test_teacher_targets_with_a_live_teacher_records_its_run(store, monkeypatch)
     monkeypatch.chdir(store)
     cfg = load_config()
     prepare(cfg.data, cfg.seed, store, PREPARED_DIR)
-    runpy.run_path(str(ROOT / "stages" / "teacher_targets.py"))["main"](cfg)  # as not __main__
+    for stage in ("check_params", "teacher_targets"):  # as DVC runs them, not as __main__
+        runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["main"](cfg)
     assert json.loads((TARGETS_DIR / "meta.json").read_text())["live_teacher"] is True
     assert json.loads((METRICS_DIR / "teacher_targets.json").read_text())["cached_samples"] == 0
     (run,) = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")

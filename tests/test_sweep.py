@@ -201,6 +201,23 @@ def test_accuracy_against_schedule_length_where_the_sweep_tried_several(tmp_path
     assert schedule.by_schedule(trained_models(FOUND[:3])) is None
 
 
+def test_the_alpha_of_no_mixing_makes_no_setting_of_its_own():
+    """Stages read data.mix_alpha only with a data.mix: an experiment that changed only it
+    trained the same students (from the run-cache), counted once."""
+    base = experiment("base", 10, 2.0, row([60, 61, 59, 60], [59, 60, 58, 59]),
+                      row([61, 61.5, 59.5, 60.5], [60, 60, 59, 59]))
+    same = experiment("alpha", 10, 2.0, row([60, 61, 59, 60], [59, 60, 58, 59]),
+                      row([61, 61.5, 59.5, 60.5], [60, 60, 59, 59]))
+    base[1].update({"data.mix": "none", "data.mix_alpha": 1.0})
+    same[1].update({"data.mix": "none", "data.mix_alpha": 0.5})
+    models, _ = comparable([base, same])
+    assert sorted(m.model for m in models) == ["kd", "student"]
+    assert all("data.mix_alpha" not in m.setting for m in models)
+    base[1]["data.mix"] = same[1]["data.mix"] = "mixup"
+    models, _ = comparable([base, same])
+    assert sorted(m.setting["data.mix_alpha"] for m in models if m.model == "kd") == [0.5, 1.0]
+
+
 def test_the_students_views_and_mixing_are_a_recipe_not_a_reason_to_leave_out():
     """data.views, data.mix and data.mix_alpha feed the students only (the teacher trains on
     teacher.views): a mixed-view experiment compares with a plain one, its baseline is another

@@ -144,6 +144,7 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
 def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
     unique: dict[str, Setting] = {}
     for name, params, models in found:
+        params = as_read(params)
         common = {k: v for k, v in params.items() if is_common(k)}
         for model, row in models.items():
             if model == "teacher" or "val_acc_per_seed" not in row:
@@ -168,6 +169,14 @@ def comparable(found: list[tuple[str, dict, dict]]) -> tuple[list[Setting], int]
     workspace = common(found[0][1])
     left_out = len({name for name, params, _ in found if common(params) != workspace})
     return [m for m in trained_models(found) if m.common == workspace], left_out
+
+
+def as_read(params: dict) -> dict:
+    """Flattened params as the stages read them: data.mix_alpha only with a data.mix
+    (DataConfig.mixing), so experiments that differ in the alpha of no mixing are one setting."""
+    if params.get("data.mix", "none") == "none":
+        return {k: v for k, v in params.items() if k != "data.mix_alpha"}
+    return params
 
 
 def normal(params: dict) -> dict:

@@ -58,6 +58,14 @@ class DataConfig:
                     "epochs shows a new one every epoch)")
         return None
 
+    def mixing(self) -> dict:
+        """`mix` and, only where a mode uses it, `mix_alpha`, as params keys: what the stages
+        that show students views read (data/mixing.json, from check_params), so changing the
+        alpha of no mixing reruns nothing."""
+        if self.mix == "none":
+            return {"data.mix": "none"}
+        return {"data.mix": self.mix, "data.mix_alpha": float(self.mix_alpha)}
+
 
 SCHEDULES = ("constant", "cosine")
 MODELS_CODE = "src/kdpipe/learn/models.py"

@@ -25,9 +25,10 @@ from kdpipe.data.prepared import crop_flip, crop_params
 PARTNER, PARTNER_VIEW, WEIGHT, BOX_Y, BOX_X = 0x9A27, 0xC809, 0x1A3B, 0xB0F1, 0xB0F2
 
 
-def describe(mode: str, alpha: float) -> str:
-    """What the teacher cache records of the mixing (alpha matters only with a mode)."""
-    return mode if mode == "none" else f"{mode} alpha {float(alpha)}"
+def describe(mixing: dict) -> str:
+    """What the teacher cache records of the mixing (params' DataConfig.mixing)."""
+    mode = mixing["data.mix"]
+    return mode if mode == "none" else f"{mode} alpha {mixing['data.mix_alpha']}"
 
 
 @dataclass(frozen=True)

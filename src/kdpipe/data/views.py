@@ -38,16 +38,18 @@ class Views:
 
     @classmethod
     def from_params(cls, seed: int, images: int, views: int, device: torch.device,
-                    mix: str = "none", alpha: float = 1.0, size: int = 32) -> Views | None:
-        """The views params `seed`, `data.views` and (for students) `data.mix` and
-        `data.mix_alpha` name for a split of `images` images of `size` pixels; None for
+                    mixing: dict | None = None, size: int = 32) -> Views | None:
+        """The views params `seed`, `data.views` and (for students) the mixing
+        (params' DataConfig.mixing) name for a split of `images` images of `size` pixels; None for
         data.views 0 (no views)."""
         if not views:
             return None
         plain = cls.make(seed, images, views, device)
-        if mix == "none":
+        mode = (mixing or {}).get("data.mix", "none")
+        if mode == "none":
             return plain
-        return cls(plain.params, seed, Mixing.make(mix, alpha, seed, images, views, size, device))
+        return cls(plain.params, seed, Mixing.make(mode, mixing["data.mix_alpha"], seed, images,
+                                                   views, size, device))
 
     @classmethod
     def make(cls, seed: int, images: int, views: int, device: torch.device) -> Views:

@@ -48,6 +48,7 @@ class ModelSpec:
     tags: dict = field(default_factory=dict)  # more MLflow tags (lineage)
     description: str = ""  # what the report calls it, e.g. "soft-target KD"
     control: bool = False  # a baseline recipe that is not plain training (the sweep's baselines)
+    mixing: dict | None = None  # students: how their views are mixed (data/mixing.json)
 
     @property
     def run_name(self) -> str:  # what the MLflow runs list shows, e.g. kd-43
@@ -70,12 +71,11 @@ def view_count(role: str, cfg: Config) -> int:
     return cfg.teacher.views if role == "teacher" else cfg.data.views
 
 
-def model_views(role: str, cfg: Config, images: int, device: torch.device,
+def model_views(spec: ModelSpec, cfg: Config, images: int, device: torch.device,
                 size: int) -> Views | None:
-    """The views a model trains on (view_count), the students' mixed as data.mix says."""
-    mix = "none" if role == "teacher" else cfg.data.mix
-    return Views.from_params(cfg.seed, images, view_count(role, cfg), device, mix,
-                             cfg.data.mix_alpha, size)
+    """The views a model trains on (view_count), mixed as its spec says (students only)."""
+    return Views.from_params(cfg.seed, images, view_count(spec.role, cfg), device, spec.mixing,
+                             size)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,8 +135,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
                                                       store.repo_root(), PREPARED_DIR))
             if teacher_saved:
                 link_teacher(teacher_saved)
-        views = model_views(spec.role, cfg, len(data.train_y), runtime.device,
-                            prepared.image_size)
+        views = model_views(spec, cfg, len(data.train_y), runtime.device, prepared.image_size)
         result = fit(model, objective, data, spec.train, runtime, spec.seed, teacher=teacher,
                      augment_batches=cfg.data.augment, views=views, checkpoint=checkpoint,
                      on_epoch=log_epoch, label=spec.run_name)
