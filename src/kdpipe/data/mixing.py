@@ -34,10 +34,12 @@ def describe(mixing: dict) -> str:
 @dataclass(frozen=True)
 class Mixing:
     mode: str                # mixup | cutmix
-    partner: torch.Tensor    # int64 (N, K): the image each view is mixed with
-    partner_view: torch.Tensor  # int64 (N, K, 3): the partner's crop dy, dx and flip
+    # The tables hold every view of every image (N x K: 9 million rows at 45,000 images and
+    # 200 views), so each in the narrowest type its values fit: 0.2 GB instead of 0.8 as int64.
+    partner: torch.Tensor    # int32 (N, K): the image each view is mixed with
+    partner_view: torch.Tensor  # uint8 (N, K, 3): the partner's crop dy, dx and flip
     lam: torch.Tensor        # float32 (N, K): the image's share (CutMix: of the pixels)
-    box: torch.Tensor | None  # int64 (N, K, 4): CutMix's y0, y1, x0, x1 (rows, columns)
+    box: torch.Tensor | None  # int16 (N, K, 4): CutMix's y0, y1, x0, x1 (rows, columns)
 
     @classmethod
     def make(cls, mode: str, alpha: float, seed: int, images: int, views: int, size: int,
@@ -64,21 +66,22 @@ class Mixing:
         def tensor(a, dtype):
             return torch.from_numpy(np.ascontiguousarray(a).astype(dtype)).to(device)
 
-        return cls(mode, tensor(partner, np.int64), tensor(crops, np.int64),
-                   tensor(lam, np.float32), None if box is None else tensor(box, np.int64))
+        return cls(mode, tensor(partner, np.int32), tensor(crops, np.uint8),
+                   tensor(lam, np.float32), None if box is None else tensor(box, np.int16))
 
     def apply(self, x: torch.Tensor, images: torch.Tensor, normalize, image: torch.Tensor,
               view: torch.Tensor) -> torch.Tensor:
         """The views `x` (normalised, cropped) of `image` mixed with their partners' views,
         rendered from the uint8 `images` of the split."""
-        partner = self.partner[image, view]
+        partner = self.partner[image, view].long()
         dy, dx, flip = self.partner_view[image, view].unbind(-1)
         other = crop_flip(normalize(images[partner]), dy, dx, flip)
         if self.box is None:
             lam = self.lam[image, view][:, None, None, None]
             mixed = torch.lerp(other, x, lam)  # lam * x + (1 - lam) * other, in one pass
         else:
-            y0, y1, x0, x1 = (b[:, None, None, None] for b in self.box[image, view].unbind(-1))
+            y0, y1, x0, x1 = (b[:, None, None, None]
+                              for b in self.box[image, view].long().unbind(-1))
             rows = torch.arange(x.shape[2], device=x.device)[None, None, :, None]
             cols = torch.arange(x.shape[3], device=x.device)[None, None, None, :]
             inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
@@ -90,5 +93,6 @@ class Mixing:
         """(B, classes) mixed hard labels: lam on the image's label, 1 - lam on its partner's."""
         lam = self.lam[image, view][:, None]
         own = torch.nn.functional.one_hot(labels[image], classes).float()
-        other = torch.nn.functional.one_hot(labels[self.partner[image, view]], classes).float()
+        other = torch.nn.functional.one_hot(labels[self.partner[image, view].long()],
+                                            classes).float()
         return lam * own + (1 - lam) * other

@@ -141,6 +141,7 @@ def crop_flip(batch: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
     values bit for bit."""
     n, c, h, w = batch.shape
     padded_h, padded_w = h + 2 * PAD, w + 2 * PAD
+    dy, dx = dy.long(), dx.long()  # the views' tables store them as uint8
     pixels = torch.nn.functional.pad(batch.permute(0, 2, 3, 1), (0, 0, PAD, PAD, PAD, PAD))
     device = batch.device
     rows = dy[:, None] + torch.arange(h, device=device)

@@ -32,7 +32,7 @@ def image_of(rows: torch.Tensor, views: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Views:
-    params: torch.Tensor  # int64 (N, K, 3): crop offsets dy, dx in 0..2*PAD and flip 0/1
+    params: torch.Tensor  # uint8 (N, K, 3): crop offsets dy, dx in 0..2*PAD and flip 0/1
     seed: int             # params `seed`: the views are the same for every model
     mixing: Mixing | None = None  # data.mix: each view mixed with a partner's (data.mixing)
 
@@ -54,7 +54,7 @@ class Views:
     @classmethod
     def make(cls, seed: int, images: int, views: int, device: torch.device) -> Views:
         params = crop_params(hashed(seed, np.arange(images)[:, None], np.arange(views)[None, :]))
-        return cls(torch.from_numpy(params.astype(np.int64)).to(device), seed)
+        return cls(torch.from_numpy(params.astype(np.uint8)).to(device), seed)
 
     @property
     def count(self) -> int:
