@@ -13,7 +13,7 @@ CHECKED_PARAMS = Path("reports/params.json")
 # What teacher outputs the listed methods read: written by check_params, read by
 # teacher_targets, which so reruns when the need changes, not whenever the method list does.
 TEACHER_NEEDS = Path("data/teacher_needs.json")
-# How the students' views are mixed (data.mixing.effective): written by check_params, read by
+# How the students' views are mixed (DataConfig.mixing): written by check_params, read by
 # the stages that show students views, so data.mix_alpha reruns them only where data.mix uses it.
 MIXING = Path("data/mixing.json")
 # Git-ignored; DVC does not delete it before a rerun. KDPIPE_CHECKPOINT_DIR puts it elsewhere:
