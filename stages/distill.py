@@ -10,7 +10,7 @@ import sys
 import torch
 
 from kdpipe.core.config import Config, as_dict, section
-from kdpipe.core.files import read_json
+from kdpipe.core.files import read_upstream
 from kdpipe.core.paths import MIXING, PREPARED_DIR, TARGETS_DIR, model_file
 from kdpipe.core.runtime import setup
 from kdpipe.data.mixing import describe
@@ -29,7 +29,7 @@ def main(cfg: Config) -> None:
     name, seed = sys.argv[1], int(sys.argv[2])
     runtime = setup(cfg)
     prepared = Prepared(PREPARED_DIR)
-    mixing = read_json(MIXING)
+    mixing = read_upstream(MIXING, "check_params")
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     method, settings = registry.method(name), registry.settings(cfg, name)

@@ -8,7 +8,7 @@ import math
 import time
 
 from kdpipe.core.config import Config, section
-from kdpipe.core.files import folder_mb, read_json
+from kdpipe.core.files import folder_mb, read_upstream
 from kdpipe.core.machine import environment
 from kdpipe.core.paths import (
     METRICS_DIR,
@@ -37,7 +37,7 @@ METRICS_FILE = METRICS_DIR / "teacher_targets.json"
 
 def main(cfg: Config) -> None:
     prepared = Prepared(PREPARED_DIR)
-    mixing = read_json(MIXING)
+    mixing = read_upstream(MIXING, "check_params")
     params = {**section(cfg, "device", "precision", "threads", "teacher.feature_layer",
                         "data.augment", "data.views", "data.mean", "data.std"), **mixing}
     if cfg.data.augment:
@@ -52,7 +52,8 @@ def main(cfg: Config) -> None:
     teacher, saved = load_teacher(model_file("teacher", cfg.seed), runtime.device,
                                   cfg.teacher.feature_layer)
     # Feature maps are 97% of a cache: stored only when a listed method distils features.
-    features = teacher.layer is not None and "features" in read_json(TEACHER_NEEDS)["needs"]
+    needs = read_upstream(TEACHER_NEEDS, "check_params")["needs"]
+    features = teacher.layer is not None and "features" in needs
     with recorded_stage(cfg.mlflow.experiment, "teacher_targets", params, METRICS_FILE,
                         env=environment(runtime)) as stage:
         log_dataset(prepared.summary, dataset_uri(prepared.summary["source"],

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 
 from kdpipe.core.config import Config, as_dict, section
-from kdpipe.core.files import read_json
+from kdpipe.core.files import read_upstream
 from kdpipe.core.paths import MIXING, PREPARED_DIR
 from kdpipe.core.progress import say
 from kdpipe.core.runtime import setup
@@ -33,7 +33,7 @@ def main(cfg: Config) -> None:
     train = replace(getattr(cfg, name), feature_layer="")
     # The teacher's views are its own (teacher.views), unmixed; students' data.views, mixed as
     # data/mixing.json says.
-    mixing = read_json(MIXING) if name == "student" else None
+    mixing = read_upstream(MIXING, "check_params") if name == "student" else None
     views = ("data.views",) if name == "student" else ()
     params = {"seed": seed, name: {k: v for k, v in as_dict(train).items() if k != "feature_layer"},
               **section(cfg, "device", "precision", "threads", "data.augment", *views,

@@ -43,8 +43,8 @@ def test_each_stage_is_a_job_after_the_jobs_of_its_inputs(built, tmp_path):
     assert sorted(scripts) == sorted(STAGES)
     kd = scripts["distill@kd-42"]
     assert "#SBATCH --partition=gpu" in kd and "#SBATCH --gres=gpu:1" in kd
-    assert re.search(r"--dependency=afterok:<prepare>:<teacher_targets>:<train_teacher>$", kd,
-                     re.M) and "--kill-on-invalid-dep=yes" in kd
+    assert re.search(r"--dependency=afterok:<check_params>:<prepare>:<teacher_targets>:"
+                     r"<train_teacher>$", kd, re.M) and "--kill-on-invalid-dep=yes" in kd
     commit = sh(["git", "rev-parse", "HEAD"], repo).strip()
     assert f"git checkout -q {commit}" in kd and "dvc repro --pull distill@kd-42" in kd
     assert "dvc push --run-cache" in kd and "--dependency" not in scripts["prepare"]

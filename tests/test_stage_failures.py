@@ -54,6 +54,13 @@ def stage(ws: Path, *args: str, env_extra: dict | None = None, wait: bool = True
         pytest.fail(f"stage {' '.join(args)} did not end within {DEADLINE} s")
 
 
+def upstream(ws: Path) -> None:
+    """What `dvc repro` runs before a training stage: the params check, the data."""
+    for script in ("check_params.py", "prepare.py"):
+        done = stage(ws, script)
+        assert done.returncode == 0, done.stderr
+
+
 def created(ws: Path) -> list[str]:
     return sorted(p.name for p in ws.iterdir() if p.name != "params.yaml")
 
@@ -106,7 +113,7 @@ def test_a_killed_stage_resumes_to_the_same_weights(tmp_path):
     straight = workspace(tmp_path / "straight", QUICK)
     killed = workspace(tmp_path / "killed", QUICK)
     for ws in (straight, killed):
-        assert stage(ws, "prepare.py").returncode == 0
+        upstream(ws)
     assert stage(straight, "train.py", "student", "42").returncode == 0
 
     proc = stage(killed, "train.py", "student", "42", wait=False)
@@ -147,6 +154,11 @@ PROGRESS_LINE = (r"^student-42  epoch (\d)/3  loss \d+\.\d{3}  val_acc \d+\.\d% 
 def test_a_stage_in_a_log_prints_one_progress_line_per_epoch_and_no_bar(tmp_path):
     ws = workspace(tmp_path, {**QUICK, "student": {"epochs": 3, "batch_size": 64}})
     assert stage(ws, "prepare.py").returncode == 0
+    done = stage(ws, "train.py", "student", "42")  # without check_params, as if run by hand
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: data/mixing.json is missing: stage check_params "
+                                   "writes it; run `dvc repro check_params`")
+    upstream(ws)
     done = stage(ws, "train.py", "student", "42")
     assert done.returncode == 0
     epochs = [re.match(PROGRESS_LINE, line) for line in done.stdout.splitlines()]
@@ -161,7 +173,7 @@ def test_a_stage_on_a_terminal_also_shows_a_bar(tmp_path):
     import termios
 
     ws = workspace(tmp_path, {**QUICK, "student": {"epochs": 2, "batch_size": 8}})
-    assert stage(ws, "prepare.py").returncode == 0
+    upstream(ws)
     main, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
     proc = subprocess.Popen([sys.executable, "-m", "kdpipe.ops.launch",

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kdpipe.core.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
@@ -48,6 +50,14 @@ def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_upstream(path: Path, stage: str) -> Any:
+    """A JSON output of an upstream `stage`; one line naming that stage where it is missing (a
+    stage script run by hand, before `dvc repro` ran what it depends on)."""
+    if not path.exists():
+        raise DataError(f"{path} is missing: stage {stage} writes it; run `dvc repro {stage}`")
+    return read_json(path)
 
 
 def sha256_files(paths: list[Path]) -> str:
