@@ -166,25 +166,6 @@ def test_a_stage_in_a_log_prints_one_progress_line_per_epoch_and_no_bar(tmp_path
     assert "\r" not in done.stdout + done.stderr and "it/s" not in done.stderr
 
 
-MISSING_LINE = (r"^error: (\S+) is missing: a stage this one depends on writes it; "
-                r"`dvc repro` runs them in order$")
-
-
-@pytest.mark.parametrize("args", [("teacher_targets.py",), ("distill.py", "kd", "42"),
-                                  ("compare.py",), ("export.py",)])
-def test_a_stage_run_before_the_stages_it_reads_names_the_missing_file(tmp_path, args):
-    ws = workspace(tmp_path, QUICK)
-    upstream(ws)
-    before = created(ws)
-    done = stage(ws, *args)
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.strip().splitlines()
-    missing = re.match(MISSING_LINE, line)
-    assert missing, line
-    assert not (ws / missing.group(1)).exists() and not Path(missing.group(1)).is_absolute()
-    assert created(ws) == before  # nothing half-written
-
-
 def test_a_stage_on_a_terminal_also_shows_a_bar(tmp_path):
     import fcntl
     import pty

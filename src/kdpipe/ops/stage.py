@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from kdpipe.core import errors
 from kdpipe.core.config import Config, load_config
@@ -25,24 +24,7 @@ def run_stage(main: Callable[[Config], object], track: bool = True) -> None:
     except EXPECTED as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except FileNotFoundError as err:
-        missing = upstream_output(err.filename)
-        if missing is None:
-            raise
-        print(f"error: {missing} is missing: a stage this one depends on writes it; "
-              "`dvc repro` runs them in order", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun `dvc repro` to resume from the last finished epoch",
               file=sys.stderr)
         sys.exit(130)
-
-
-def upstream_output(filename: str | None) -> Path | None:
-    """A missing file inside the workspace, relative to it: an output of a stage that has not
-    run (a stage script run by hand, out of order). None for anything else (a missing program,
-    a file elsewhere), which is not the user's input to name."""
-    if not filename:
-        return None
-    path, workspace = Path(filename).resolve(), Path.cwd().resolve()
-    return path.relative_to(workspace) if path.is_relative_to(workspace) else None
