@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from kdpipe.analysis.confirm import arm_names, fresh_seeds, plan
+from kdpipe.analysis.confirm import arm_names, fresh_seeds, gap_closed, plan
 from kdpipe.core.errors import ConfigError
 from tests.project import clean_env, clone, edit_params, read_json, sh
 
@@ -54,6 +54,12 @@ def test_a_method_against_its_own_control_is_named_by_what_tells_them_apart():
                                   "dist (distill.dist.teacher=shuffled)")
 
 
+def test_the_gap_closed_is_the_students_way_from_the_baseline_to_the_teacher():
+    assert gap_closed(teacher=80.0, chosen=77.0, baseline=74.0) == pytest.approx(0.5)
+    assert gap_closed(teacher=80.0, chosen=73.0, baseline=74.0) == pytest.approx(-1 / 6)
+    assert gap_closed(teacher=74.0, chosen=75.0, baseline=74.0) is None  # no gap to close
+
+
 def kdpipe(repo, *args):
     return subprocess.run(["python", "-m", "kdpipe.ops.command", *args], cwd=repo,
                           capture_output=True, text=True,
@@ -85,7 +91,10 @@ def test_confirm_trains_both_arms_on_fresh_seeds_and_tests_their_gain(built, tmp
     assert sorted(tests["chosen"]) == sorted(tests["baseline"]) == ["44", "45"]
     diffs = [tests["chosen"][s] - tests["baseline"][s] for s in ("44", "45")]
     assert result["gain"]["mean"] == pytest.approx(sum(diffs) / 2)
+    means = [sum(tests[arm].values()) / 2 for arm in ("chosen", "baseline")]
+    assert result["gap_closed"] == pytest.approx(gap_closed(result["teacher_test"], *means))
     text = (repo / "reports" / "confirm.md").read_text()
+    assert f"The teacher: {result['teacher_test']:.2f}% on test" in text
     assert "Selected on validation (seeds 42-43), confirmed on fresh seeds (44-45)" in text
     assert (repo / "params.yaml").read_text() == params  # the workspace is left as it was
 

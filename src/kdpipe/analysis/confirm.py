@@ -9,7 +9,8 @@ never saw (default: the five after the sweep's; seeds it saw are refused), as DV
 (`dvc exp run --temp`: cached, resumable from DVC's run-cache, recorded in MLflow like every
 run; `--queue` queues them for `dvc queue start`, then `--report`). The chosen setting's test
 accuracy is paired per fresh seed with the best baseline's: its gain, 95% CI and p are the
-confirmation, reported beside the selection's figures. Writes <out>.md, <out>.json and an
+confirmation, reported beside the selection's figures, with the fraction of the gap from the
+best baseline to the teacher that the chosen student closes. Writes <out>.md, <out>.json and an
 MLflow run `confirm`.
 """
 from __future__ import annotations
@@ -131,8 +132,21 @@ def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
         if sorted(map(int, per_seed)) != seeds:
             raise ConfigError(f"experiment {name} holds seeds {sorted(per_seed)}, not {seeds}")
         tests[arm] = per_seed
-    return {"seeds": seeds, "test": tests,
+    teacher = found[names[0]]["teacher"]["test_acc"]
+    return {"seeds": seeds, "test": tests, "teacher_test": teacher,
+            "gap_closed": gap_closed(teacher, mean(tests["chosen"]), mean(tests["baseline"])),
             "gain": paired_by_seed(tests["chosen"], tests["baseline"])}
+
+
+def mean(per_seed: dict[str, float]) -> float:
+    return sum(per_seed.values()) / len(per_seed)
+
+
+def gap_closed(teacher: float, chosen: float, baseline: float) -> float | None:
+    """How much of the baseline's distance to the teacher the chosen student makes up
+    ((chosen - baseline) / (teacher - baseline), test accuracies): 1 is the teacher's accuracy.
+    None where the baseline is already as good as the teacher (no gap to close)."""
+    return (chosen - baseline) / (teacher - baseline) if teacher > baseline else None
 
 
 def gain_cell(gain: dict) -> str:
@@ -150,7 +164,7 @@ def markdown(sweep: dict, result: dict) -> str:
              f"**{base}**, each trained again on seeds the selection never saw; test measured "
              "once. Gains paired per seed, accuracy points, mean ± 95% CI; one pre-registered "
              "test, so p is not adjusted.", ""]
-    mean = {arm: sum(v.values()) / len(v) for arm, v in result["test"].items()}
+    means = {arm: mean(per_seed) for arm, per_seed in result["test"].items()}
     rows = [["selection: val gain over the best baseline", gain_cell(selection),
              f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
              verdict(selection, "p_holm")]]
@@ -158,8 +172,8 @@ def markdown(sweep: dict, result: dict) -> str:
         rows.append(["selection: test gain, same seeds", gain_cell(selection_test),
                      f"{selection_test['p_value']:.4f} (selection's seeds)",
                      verdict(selection_test, "p_value")])
-    rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {mean['chosen']:.2f}% "
-                 f"vs {base} {mean['baseline']:.2f}%)", f"**{gain_cell(g)}**", p,
+    rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {means['chosen']:.2f}% "
+                 f"vs {base} {means['baseline']:.2f}%)", f"**{gain_cell(g)}**", p,
                  f"**{verdict(g, 'p_value')}**"])
     lines += table(["figure", "gain (pp)", "p", "verdict"], rows, "lrll")
     test = {arm: [v[str(s)] for s in result["seeds"]] for arm, v in result["test"].items()}
@@ -167,10 +181,16 @@ def markdown(sweep: dict, result: dict) -> str:
                 for s, a, b in zip(result["seeds"], test["chosen"], test["baseline"])]
     lines += ["", *table(["seed", f"{chosen} test %", f"{base} test %", "gain"], per_seed,
                          "rrrr")]
+    closed, teacher = result["gap_closed"], f"The teacher: {result['teacher_test']:.2f}% on test"
+    lines += ["", f"{teacher}, no better than the best baseline: no gap to close."
+              if closed is None else
+              f"{teacher}. The chosen student closes **{closed:.0%}** of the gap from the best "
+              "baseline to the teacher ((chosen - baseline) / (teacher - baseline), test means "
+              "on the fresh seeds)."]
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(files: list[Path], gain: dict) -> None:
+def log_to_mlflow(files: list[Path], result: dict) -> None:
     import mlflow
 
     from kdpipe.core.config import load_config
@@ -179,9 +199,12 @@ def log_to_mlflow(files: list[Path], gain: dict) -> None:
     with recorded_stage(load_config().mlflow.experiment, "confirm", {}):
         for path in files:
             mlflow.log_artifact(str(path))
+        gain, closed = result["gain"], result["gap_closed"]
         mlflow.log_metrics({"summary/confirm_gain": gain["mean"],
                             **({"summary/confirm_p": gain["p_value"]}
-                               if gain["p_value"] is not None else {})})
+                               if gain["p_value"] is not None else {}),
+                            **({"summary/confirm_gap_closed": closed}
+                               if closed is not None else {})})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,6 +241,6 @@ def main(argv: list[str] | None = None) -> None:
     write_json(files[1], {**result, "experiments": list(todo),
                           "arms": {arm: m for arm, (m, _) in arms(sweep).items()}})
     if not args.no_mlflow:
-        log_to_mlflow(files, result["gain"])
+        log_to_mlflow(files, result)
     print(text)
     print("written: " + ", ".join(map(str, files)))
