@@ -154,6 +154,28 @@ def test_a_failed_experiment_is_left_out(monkeypatch, capsys):
     assert "left out experiment bad: Experiment run failed" in capsys.readouterr().err
 
 
+def test_a_queued_or_running_experiment_is_left_out(monkeypatch, capsys):
+    """Until it finishes, DVC lists an experiment with the params it was given and the metrics
+    of the commit it started from (seen with `dvc exp run --temp` running beside a sweep)."""
+    def group(name, state=None):
+        data = {"params": {"params.yaml": {"data": {"seed": 42}}}}
+        executor = {"state": state, "name": "tempdir", "local": None} if state else None
+        return {"name": name, "executor": executor,
+                "revs": [{"rev": name * 8, "name": name, "error": None, "data": data}]}
+
+    shown = [{"rev": "b" * 40, "name": "base", "error": None,
+              "data": {"params": {"params.yaml": {"data": {"seed": 42}}}},
+              "experiments": [group("done"), group("live", "running"), group("next", "queued"),
+                              group("collected", "success")]}]
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, json.dumps(shown), ""))
+    monkeypatch.setattr(sweep, "models_at", lambda rev: {"student": {}})
+    assert [name for name, _, _ in experiments(False)] == ["base", "done", "collected"]
+    err = capsys.readouterr().err
+    assert "left out experiment live: running, not finished" in err
+    assert "left out experiment next: queued, not finished" in err
+
+
 def test_a_p_value_of_zero_is_logged_as_zero_and_none_is_not_logged():
     zero = chosen_test_metrics("vs_best", {"mean": 1.0, "p_value": 0.0})
     assert zero == {"summary/chosen_test_gain_vs_best": 1.0, "summary/chosen_test_p_vs_best": 0.0}

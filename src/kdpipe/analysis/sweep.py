@@ -133,6 +133,11 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
         if params and models:
             found.append((name, flat(params), models))
         for group in entry.get("experiments") or []:
+            state = (group.get("executor") or {}).get("state")
+            if state in ("queued", "running"):  # its files are still those it started from
+                print(f"left out experiment {group.get('name')}: {state}, not finished",
+                      file=sys.stderr)
+                continue
             for child in group.get("revs", []):
                 visit(child)
 
