@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from kdpipe.analysis import confirm
 from kdpipe.analysis.confirm import arm_names, fresh_seeds, gap_closed, plan
 from kdpipe.core.errors import ConfigError
 from tests.project import clean_env, clone, edit_params, read_json, sh
@@ -58,6 +59,16 @@ def test_the_gap_closed_is_the_students_way_from_the_baseline_to_the_teacher():
     assert gap_closed(teacher=80.0, chosen=77.0, baseline=74.0) == pytest.approx(0.5)
     assert gap_closed(teacher=80.0, chosen=73.0, baseline=74.0) == pytest.approx(-1 / 6)
     assert gap_closed(teacher=74.0, chosen=75.0, baseline=74.0) is None  # no gap to close
+
+
+def test_an_arm_still_queued_is_not_started_twice(monkeypatch):
+    def shown(all_commits, unfinished):
+        unfinished.append("confirm-chosen-dist")
+        return []
+
+    monkeypatch.setattr(confirm, "experiments", shown)
+    with pytest.raises(SystemExit, match="confirm-chosen-dist is queued or running"):
+        confirm.run({"confirm-chosen-dist": ["seeds=[47, 48]"]}, queue=False, dry_run=True)
 
 
 def kdpipe(repo, *args):

@@ -108,11 +108,15 @@ def plan(sweep: dict, seeds: list[int]) -> dict[str, list[str]]:
 
 
 def run(experiments_plan: dict[str, list[str]], queue: bool, dry_run: bool) -> None:
-    done = {name for name, _, _ in experiments(all_commits=False)}
+    unfinished: list[str] = []
+    done = {name for name, _, _ in experiments(all_commits=False, unfinished=unfinished)}
     for name, sets in experiments_plan.items():
         if name in done:
             print(f"{name}: done already")
             continue
+        if name in unfinished:
+            sys.exit(f"error: experiment {name} is queued or running; once `dvc queue status` "
+                     "shows it done, run `kdpipe confirm --report`")
         cmd = ["dvc", "exp", "run", "--queue" if queue else "--temp", "-n", name,
                *[arg for s in sets for arg in ("-S", s)]]
         print(" ".join(cmd), flush=True)

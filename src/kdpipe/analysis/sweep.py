@@ -108,8 +108,11 @@ def workspace_is_stale() -> bool:
     return done.returncode != 0 or json.loads(done.stdout or "{}") != {}
 
 
-def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
-    """(name, flattened params, metrics/models.json) of every experiment DVC knows."""
+def experiments(all_commits: bool, unfinished: list[str] | None = None
+                ) -> list[tuple[str, dict, dict]]:
+    """(name, flattened params, metrics/models.json) of every finished experiment DVC knows;
+    the names of those still queued or running are appended to `unfinished`."""
+    unfinished = [] if unfinished is None else unfinished
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -137,6 +140,7 @@ def experiments(all_commits: bool) -> list[tuple[str, dict, dict]]:
             if state in ("queued", "running"):  # its files are still those it started from
                 print(f"left out experiment {group.get('name')}: {state}, not finished",
                       file=sys.stderr)
+                unfinished.append(group.get("name"))
                 continue
             for child in group.get("revs", []):
                 visit(child)
