@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import fmean
 
 import yaml
 
@@ -138,12 +139,9 @@ def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:
         tests[arm] = per_seed
     teacher = found[names[0]]["teacher"]["test_acc"]
     return {"seeds": seeds, "test": tests, "teacher_test": teacher,
-            "gap_closed": gap_closed(teacher, mean(tests["chosen"]), mean(tests["baseline"])),
+            "gap_closed": gap_closed(teacher, fmean(tests["chosen"].values()),
+                                     fmean(tests["baseline"].values())),
             "gain": paired_by_seed(tests["chosen"], tests["baseline"])}
-
-
-def mean(per_seed: dict[str, float]) -> float:
-    return sum(per_seed.values()) / len(per_seed)
 
 
 def gap_closed(teacher: float, chosen: float, baseline: float) -> float | None:
@@ -168,7 +166,7 @@ def markdown(sweep: dict, result: dict) -> str:
              f"**{base}**, each trained again on seeds the selection never saw; test measured "
              "once. Gains paired per seed, accuracy points, mean ± 95% CI; one pre-registered "
              "test, so p is not adjusted.", ""]
-    means = {arm: mean(per_seed) for arm, per_seed in result["test"].items()}
+    means = {arm: fmean(per_seed.values()) for arm, per_seed in result["test"].items()}
     rows = [["selection: val gain over the best baseline", gain_cell(selection),
              f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
              verdict(selection, "p_holm")]]
