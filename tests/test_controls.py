@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdpipe.analysis.sweep import analyse, trained_models
+from kdpipe.analysis.settings import trained_models
+from kdpipe.analysis.sweep import analyse
 from kdpipe.core.config import Config
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.schema import build

@@ -6,15 +6,9 @@ import subprocess
 
 import pytest
 
-from kdpipe.analysis import sweep
-from kdpipe.analysis.sweep import (
-    analyse,
-    chosen_test_metrics,
-    comparable,
-    differing_keys,
-    experiments,
-    trained_models,
-)
+from kdpipe.analysis import settings, sweep
+from kdpipe.analysis.settings import comparable, trained_models
+from kdpipe.analysis.sweep import analyse, chosen_test_metrics, differing_keys, experiments
 from kdpipe.analysis.sweep_report import figure_label, markdown
 from kdpipe.measure.stats import verdict
 from tests.project import clean_env, clone, edit_params, read_json, sh
@@ -102,12 +96,12 @@ def test_figure_labels_keep_every_differing_key_and_drop_the_methods_own_prefix(
     keys = ["distill.dist.beta", "distill.dist.gamma", "distill.dist.temperature",
             "student.lr"]
     common = {"distill.dist.beta": 2, "distill.dist.gamma": 2, "distill.dist.temperature": 4}
-    labels = [figure_label(sweep.Setting("dist", {**common, "student.lr": lr}, {}, {}, {}, "x"),
+    labels = [figure_label(settings.Setting("dist", {**common, "student.lr": lr}, {}, {}, {}, "x"),
                            keys) for lr in (0.001, 0.003)]
     assert labels[0].replace("\n", " ") == (
         "dist: beta=2, gamma=2, temperature=4, student.lr=0.001")
     assert labels[0] != labels[1] and all(len(line) <= 44 for line in labels[1].splitlines())
-    assert figure_label(sweep.Setting("kd", {"student.lr": 0.001}, {}, {}, {}, "x"), []) == (
+    assert figure_label(settings.Setting("kd", {"student.lr": 0.001}, {}, {}, {}, "x"), []) == (
         "kd: params shared by all")
 
 
@@ -261,3 +255,54 @@ def test_the_students_views_and_mixing_are_a_recipe_not_a_reason_to_leave_out():
     assert result["best_baseline"].recipe["data.mix"] == "cutmix"
     kd_mixed = next(r for r in result["rows"] if r["trained"].setting["data.mix"] == "cutmix")
     assert kd_mixed["same_recipe"].recipe["data.mix"] == "cutmix"
+
+
+def only(seeds: tuple[str, ...], r: dict) -> dict:
+    """A models.json row trained on some seeds only."""
+    return {k: {s: v for s, v in per_seed.items() if s in seeds} for k, per_seed in r.items()}
+
+
+def on_seeds(found, seeds: tuple[str, ...]):
+    """An experiment of `found` as if trained with `seeds` only."""
+    name, params, models = found
+    return (name, {**params, "seeds": [int(s) for s in seeds]},
+            {m: only(seeds, r) if "val_acc_per_seed" in r else r for m, r in models.items()})
+
+
+def test_a_setting_on_some_seeds_pairs_over_them_and_is_not_ranked():
+    """kd at T=4 (the best) trained on seeds 1-3 of 1-4: its gains pair over 3 seeds, but its
+    mean over 3 seeds does not rank against means over 4; the report names its seeds."""
+    workspace = on_seeds(FOUND[0], SEEDS)
+    partial = on_seeds(FOUND[1], SEEDS[:3])
+    models, left_out = comparable([workspace, partial])
+    assert left_out == 0
+    result = analyse(models)
+    t4 = next(r for r in result["rows"] if r["trained"].setting["distill.kd.temperature"] == 4)
+    assert not t4["trained"].complete and t4["val_vs_same"]["seeds"] == 3
+    assert result["chosen"]["trained"].setting["distill.kd.temperature"] == 2.0
+    assert "(seeds 1-3)" in markdown(result, differing_keys(models), left_out)
+
+
+def test_one_setting_trained_on_the_rest_of_the_seeds_elsewhere_counts_in_full():
+    workspace = on_seeds(FOUND[0], SEEDS)
+    first, rest = on_seeds(FOUND[1], SEEDS[:2]), on_seeds(FOUND[1], SEEDS[2:])
+    models, _ = comparable([workspace, first, ("t4-rest", *rest[1:])])
+    t4 = next(m for m in models if m.model == "kd" and m.setting["distill.kd.temperature"] == 4)
+    assert t4.complete and sorted(t4.val) == list(SEEDS)
+    assert analyse(models)["chosen"]["trained"] is t4
+
+
+def test_an_experiment_on_none_of_the_sweeps_seeds_is_left_out():
+    """A confirmation's fresh seeds must not enter the selection it confirms."""
+    workspace = on_seeds(FOUND[0], SEEDS[:2])
+    fresh = on_seeds(FOUND[1], SEEDS[2:])
+    models, left_out = comparable([workspace, fresh])
+    assert left_out == 1 and {m.experiment for m in models} == {"base"}
+    assert all(sorted(m.val) == list(SEEDS[:2]) for m in models)
+
+
+def test_a_schedule_length_tried_on_fewer_seeds_is_in_the_curve():
+    models, _ = comparable([on_seeds(FOUND[0], SEEDS), on_seeds(FOUND[3], SEEDS[:3])])
+    table = sweep.schedule.by_schedule(models)
+    assert sorted(table) == [10, 20] and len(table[20]["kd"].val) == 3
+    assert sweep.schedule.gain(table[20], "kd")["seeds"] == 3

@@ -25,7 +25,8 @@ from statistics import fmean
 
 import yaml
 
-from kdpipe.analysis.sweep import experiments, is_common, normal
+from kdpipe.analysis.settings import is_common, normal
+from kdpipe.analysis.sweep import experiments
 from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError

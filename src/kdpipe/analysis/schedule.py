@@ -13,7 +13,7 @@ from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import paired_by_seed
 
 if TYPE_CHECKING:
-    from kdpipe.analysis.sweep import Setting
+    from kdpipe.analysis.settings import Setting
 
 EPOCHS = "student.epochs"
 BASELINE = "best baseline"
@@ -21,13 +21,18 @@ BASELINE = "best baseline"
 
 def by_schedule(models: list[Setting]) -> dict[int, dict[str, Setting]] | None:
     """{epochs: {"best baseline": its Setting, method: its best Setting}}, or None where the
-    settings share one schedule length."""
+    settings share one schedule length. At each length only the settings trained on its most
+    seeds are ranked."""
     lengths = sorted({int(m.setting[EPOCHS]) for m in models if EPOCHS in m.setting})
     if len(lengths) < 2:
         return None
     out = {}
     for epochs in lengths:
         here = [m for m in models if int(m.setting.get(EPOCHS, -1)) == epochs]
+        # ranked on the most seeds any setting of this length has: means over fewer do not
+        # compare (a length may be tried on fewer seeds than the sweep's, e.g. 3 of 5)
+        most = max(len(m.val) for m in here)
+        here = [m for m in here if len(m.val) == most]
         best = {}
         for m in sorted(here, key=lambda m: m.mean_val(), reverse=True):
             best.setdefault(BASELINE if m.is_baseline else m.model, m)

@@ -4,19 +4,21 @@
 
 Collects every DVC experiment (`dvc exp show --json`: each one's params; its
 metrics/models.json, which holds every model's per-seed validation and test accuracy, read from
-DVC's cache at the experiment's commit) and
-groups the trained models by the params they read: a baseline student by its recipe (the
-`student` section), a distilled student by its recipe and its method's section. Duplicates (a
-model restored from DVC's cache in several experiments) count once. The baselines are the
-plain students and the controls (label smoothing is a student recipe; teacher-free KD and a
-method on the shuffled teacher are controls: records marked `control`). Then, on validation
-only:
+DVC's cache at the experiment's commit) and groups the trained models by the params they read
+(kdpipe.analysis.settings): a baseline student by its recipe (the `student` section), a
+distilled student by its recipe and its method's section. Duplicates (a model restored from
+DVC's cache in several experiments) count once; one setting trained on other seeds in another
+experiment adds them. Scores are those on the workspace's `seeds`; a setting trained on only
+some of them is shown and tested over those, but not ranked (means over other seeds do not
+compare). The baselines are the plain students and the controls (label smoothing is a student
+recipe; teacher-free KD and a method on the shuffled teacher are controls: records marked
+`control`). Then, on validation only:
 
 - each setting's paired gain per seed over the plain baseline trained with the same recipe
   (what the loss term adds) and over the best baseline (the best of every recipe and control
   tried, chosen on validation: what you gain over training the student well), with 95% CI and
   paired t-test p, Holm-adjusted for the number of settings tried;
-- the best setting (highest mean validation accuracy).
+- the best setting (highest mean validation accuracy of those trained on every seed).
 
 Only then that one setting's test gains, both ways. A gain whose adjusted p is not below 0.05
 is called noise, however large. Writes <out>.md, <out>.png and <out>.json, and an MLflow run.
@@ -27,63 +29,16 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdpipe.analysis import schedule
+from kdpipe.analysis.settings import Setting, comparable, normal
 from kdpipe.analysis.sweep_report import figure, markdown
 from kdpipe.core.config import flat
 from kdpipe.core.files import write_json, write_text
-from kdpipe.measure.fidelity import FIDELITY_KEYS
 from kdpipe.measure.stats import holm, paired_by_seed
 
-# must match across a sweep
-COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
-# ... but for the students' own inputs: which views they see and how they are mixed are part of
-# a recipe, compared like the `student` section (the teacher trains on its own teacher.views)
-STUDENT_DATA = ("data.views", "data.mix", "data.mix_alpha")
-
-
-def is_common(key: str) -> bool:
-    """Whether params `key` must be the same for two settings to compare (data, teacher,
-    seeds, device), rather than be part of a recipe."""
-    return key.startswith(COMMON) and key not in STUDENT_DATA
-
-
-def in_recipe(key: str) -> bool:
-    """Whether params `key` is part of a student's training recipe."""
-    return key.startswith("student.") or key in STUDENT_DATA
 MODELS_FILE = "metrics/models.json"  # every model's per-seed val and test accuracy
-
-
-@dataclass
-class Setting:
-    """One model trained with one setting, over seeds."""
-    model: str              # student, kd, dkd, ...
-    setting: dict           # the params it read (flattened), common ones excluded
-    common: dict            # data, teacher, seed, device: what makes settings comparable
-    val: dict[str, float]   # seed -> validation accuracy
-    test: dict[str, float]  # seed -> test accuracy
-    experiment: str
-    fidelity: dict = field(default_factory=dict)  # mean agreement, kl_to_teacher, test_ece
-    control: bool = False   # a baseline recipe that is not plain training (tfkd, shuffled, ...)
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.model == "student" or self.control
-
-    @property
-    def recipe(self) -> dict:
-        return {k: v for k, v in self.setting.items() if in_recipe(k)}
-
-    def mean_val(self) -> float:
-        return sum(self.val.values()) / len(self.val)
-
-
-def reads(model: str, key: str) -> bool:
-    """Whether `model`'s training stage reads params `key` (besides the common ones)."""
-    own = model != "student" and key.startswith(f"distill.{model}.")
-    return in_recipe(key) or own
 
 
 def models_at(rev: str) -> dict | None:
@@ -150,55 +105,13 @@ def experiments(all_commits: bool, unfinished: list[str] | None = None
     return found
 
 
-def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
-    unique: dict[str, Setting] = {}
-    for name, params, models in found:
-        params = as_read(params)
-        common = {k: v for k, v in params.items() if is_common(k)}
-        for model, row in models.items():
-            if model == "teacher" or "val_acc_per_seed" not in row:
-                continue
-            setting = {k: v for k, v in params.items() if reads(model, k)}
-            key = json.dumps([model, normal(setting), normal(common)], sort_keys=True,
-                             default=str)
-            fidelity = {k: row[k] for k in FIDELITY_KEYS if k in row}
-            unique.setdefault(key, Setting(model, setting, common, row["val_acc_per_seed"],
-                                           row["test_acc_per_seed"], name, fidelity,
-                                           row.get("control", False)))
-    return list(unique.values())
-
-
-def comparable(found: list[tuple[str, dict, dict]]) -> tuple[list[Setting], int]:
-    """The settings trained on the first experiment's (the workspace's) data, teacher, seeds
-    and device, and how many experiments were left out for differing there: scores on other
-    data or from another teacher do not compare."""
-    def common(params: dict) -> dict:
-        return {k: v for k, v in params.items() if is_common(k)}
-
-    workspace = common(found[0][1])
-    left_out = len({name for name, params, _ in found if common(params) != workspace})
-    return [m for m in trained_models(found) if m.common == workspace], left_out
-
-
-def as_read(params: dict) -> dict:
-    """Flattened params as the stages read them: data.mix_alpha only with a data.mix
-    (DataConfig.mixing), so experiments that differ in the alpha of no mixing are one setting."""
-    if params.get("data.mix", "none") == "none":
-        return {k: v for k, v in params.items() if k != "data.mix_alpha"}
-    return params
-
-
-def normal(params: dict) -> dict:
-    """Numbers as floats: `-S distill.kd.temperature=4` and a committed 4.0 are one setting."""
-    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in params.items()}
-
-
 def analyse(models: list[Setting]) -> dict:
     baselines = [m for m in models if m.is_baseline]
-    if not any(m.model == "student" for m in baselines):
-        sys.exit("error: no baseline student in the experiments; run the pipeline first")
-    best_baseline = max(baselines, key=Setting.mean_val)
+    if not any(m.model == "student" and m.complete for m in baselines):
+        sys.exit("error: no baseline student trained on every seed of the workspace's `seeds` "
+                 "in the experiments; run the pipeline first")
+    # Only settings trained on every seed are ranked: means over other seeds do not compare.
+    best_baseline = max((b for b in baselines if b.complete), key=Setting.mean_val)
     rows = []
     for m in models:
         if m.is_baseline:
@@ -213,7 +126,8 @@ def analyse(models: list[Setting]) -> dict:
         for row, p in zip(rows, adjusted):
             if row[family]:
                 row[family]["p_holm"] = p
-    chosen = max(rows, key=lambda r: r["trained"].mean_val()) if rows else None
+    complete = [r for r in rows if r["trained"].complete]
+    chosen = max(complete, key=lambda r: r["trained"].mean_val()) if complete else None
     test = None
     if chosen:
         same = chosen["same_recipe"]

@@ -12,7 +12,7 @@ from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import verdict
 
 if TYPE_CHECKING:
-    from kdpipe.analysis.sweep import Setting
+    from kdpipe.analysis.settings import Setting
 
 
 def seed_range(seeds: list[int]) -> str:
@@ -34,6 +34,12 @@ def figure_label(m: Setting, keys: list[str], width: int = 44) -> str:
     method already names, wrapped (not cut: two settings may differ only in their last key)."""
     setting = describe(m, keys).replace(f"distill.{m.model}.", "")
     return textwrap.fill(f"{m.model}: {setting}", width)
+
+
+def val_cell(m: Setting) -> str:
+    """Mean validation accuracy, with its seeds where they are not all the sweep's."""
+    seeds = "" if m.complete else f" (seeds {seed_range(sorted(int(s) for s in m.val))})"
+    return f"{m.mean_val():.2f}{seeds}"
 
 
 def _gain(g: dict | None, p_key: str = "p_holm") -> list[str]:
@@ -59,16 +65,20 @@ def markdown(result: dict, keys: list[str], left_out: int) -> str:
              f"**{best.model}, {describe(best, keys)}**, val {best.mean_val():.2f}%.", "",
              *table(["baseline", "setting", "val acc %"],
                     [[b.model + (" (control)" if b.control else ""), describe(b, keys),
-                      f"{b.mean_val():.2f}"]
+                      val_cell(b)]
                      for b in sorted(result["baselines"], key=lambda b: -b.mean_val())], "llr"),
              ""]
     if left_out:
         lines += [f"({left_out} experiment(s) on other data, teacher or seed settings left out: "
                   "their scores do not compare.)", ""]
+    if not all(m.complete for m in [*result["baselines"], *(r["trained"] for r in rows)]):
+        lines += ["(A setting with its seeds named was trained on only some of the sweep's: its "
+                  "gains pair over those, and it is not ranked. Train the other seeds, e.g. "
+                  "`dvc exp run -S seeds=[...]`, and it counts in full.)", ""]
     lines += table(["method", "setting", "val acc %", "val gain vs same-recipe baseline",
                     "p (Holm)", "verdict", "val gain vs best baseline", "p (Holm)", "verdict"],
                    [[r["trained"].model, describe(r["trained"], keys),
-                     f"{r['trained'].mean_val():.2f}", *_gain(r["val_vs_same"]),
+                     val_cell(r["trained"]), *_gain(r["val_vs_same"]),
                      *_gain(r["val_vs_best"])] for r in rows], "llrrrlrrl")
     chosen, test = result["chosen"], result["test"]
     if chosen:
