@@ -61,14 +61,41 @@ def test_the_gap_closed_is_the_students_way_from_the_baseline_to_the_teacher():
     assert gap_closed(teacher=74.0, chosen=75.0, baseline=74.0) is None  # no gap to close
 
 
-def test_an_arm_still_queued_is_not_started_twice(monkeypatch):
+def listed(monkeypatch, executor: dict) -> None:
+    """DVC listing the arm confirm-chosen-dist as unfinished, with `executor`."""
     def shown(all_commits, unfinished):
-        unfinished.append("confirm-chosen-dist")
+        unfinished["confirm-chosen-dist"] = executor
         return []
 
     monkeypatch.setattr(confirm, "experiments", shown)
+
+
+@pytest.mark.parametrize("executor", [{"state": "queued", "name": None},
+                                      {"state": "running", "name": "dvc-task"}])
+def test_an_arm_still_queued_is_not_started_twice(monkeypatch, tmp_path, executor):
+    monkeypatch.chdir(tmp_path)
+    listed(monkeypatch, executor)
     with pytest.raises(SystemExit, match="confirm-chosen-dist is queued or running"):
         confirm.run({"confirm-chosen-dist": ["seeds=[47, 48]"]}, queue=False, dry_run=True)
+
+
+def test_an_arm_a_killed_confirm_left_running_is_run_again(monkeypatch, tmp_path, capsys):
+    """DVC lists a `--temp` run killed midway as running for good; under the confirm lock no
+    other confirm runs it, so it is started again (its finished stages from the run-cache)."""
+    monkeypatch.chdir(tmp_path)
+    listed(monkeypatch, {"state": "running", "name": "tempdir"})
+    confirm.run({"confirm-chosen-dist": ["seeds=[47, 48]"]}, queue=False, dry_run=True)
+    out, err = capsys.readouterr()
+    assert "dvc exp run --temp -n confirm-chosen-dist -S seeds=[47, 48]" in out
+    assert "stopped before it finished" in err
+
+
+def test_a_second_confirm_in_one_repository_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    listed(monkeypatch, {})
+    with confirm.one_confirm_at_a_time():  # the first one, still running
+        with pytest.raises(SystemExit, match="another `kdpipe confirm` is running"):
+            confirm.run({"confirm-chosen-dist": ["seeds=[47, 48]"]}, queue=False, dry_run=True)
 
 
 def kdpipe(repo, *args):

@@ -164,10 +164,11 @@ def test_a_queued_or_running_experiment_is_left_out(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a, 0, json.dumps(shown), ""))
     monkeypatch.setattr(sweep, "models_at", lambda rev: {"student": {}})
-    unfinished = []
+    unfinished = {}
     assert [name for name, _, _ in experiments(False, unfinished)] == ["base", "done",
                                                                        "collected"]
-    assert unfinished == ["live", "next"]
+    assert {name: e["state"] for name, e in unfinished.items()} == {"live": "running",
+                                                                    "next": "queued"}
     err = capsys.readouterr().err
     assert "left out experiment live: running, not finished" in err
     assert "left out experiment next: queued, not finished" in err

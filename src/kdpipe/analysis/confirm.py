@@ -16,10 +16,13 @@ MLflow run `confirm`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import fmean
 
@@ -33,6 +36,8 @@ from kdpipe.core.errors import ConfigError
 from kdpipe.core.files import read_json, write_json, write_text
 from kdpipe.core.markdown import plus_minus, table
 from kdpipe.measure.stats import paired_by_seed, verdict
+
+LOCK = Path(".dvc/tmp/kdpipe-confirm.lock")  # held while confirm starts or runs its arms
 
 
 def fresh_seeds(spec: str | None, count: int, seen: list[int]) -> list[int]:
@@ -109,21 +114,54 @@ def plan(sweep: dict, seeds: list[int]) -> dict[str, list[str]]:
     return out
 
 
+@contextlib.contextmanager
+def one_confirm_at_a_time(path: Path = LOCK) -> Iterator[None]:
+    """An exclusive lock while confirm starts or runs its arms (released however the process
+    ends): a second `kdpipe confirm` in the repository fails at once instead of training the
+    same arms beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit("error: another `kdpipe confirm` is running in this repository; wait for "
+                     "it to finish")
+        yield
+
+
+def stopped(executor: dict) -> bool:
+    """Whether an arm DVC lists as running was in fact stopped: confirm runs its arms in temp
+    dirs, in the foreground, and a run killed midway stays "running" in `dvc exp show` for
+    good. Sound only while this process holds the confirm lock (no other confirm runs one)."""
+    return executor.get("state") == "running" and executor.get("name") == "tempdir"
+
+
 def run(experiments_plan: dict[str, list[str]], queue: bool, dry_run: bool) -> None:
-    unfinished: list[str] = []
-    done = {name for name, _, _ in experiments(all_commits=False, unfinished=unfinished)}
-    for name, sets in experiments_plan.items():
-        if name in done:
-            print(f"{name}: done already")
-            continue
-        if name in unfinished:
-            sys.exit(f"error: experiment {name} is queued or running; once `dvc queue status` "
-                     "shows it done, run `kdpipe confirm --report`")
-        cmd = ["dvc", "exp", "run", "--queue" if queue else "--temp", "-n", name,
-               *[arg for s in sets for arg in ("-S", s)]]
-        print(" ".join(cmd), flush=True)
-        if not dry_run and subprocess.run(cmd).returncode != 0:
-            sys.exit(f"error: experiment {name} failed; rerun `kdpipe confirm` to resume it")
+    with one_confirm_at_a_time():
+        unfinished: dict[str, dict] = {}
+        done = {name for name, _, _ in experiments(all_commits=False, unfinished=unfinished)}
+        for name, sets in experiments_plan.items():
+            if name in done:
+                print(f"{name}: done already")
+            else:
+                start(name, sets, unfinished.get(name), queue, dry_run)
+
+
+def start(name: str, sets: list[str], unfinished: dict | None, queue: bool,
+          dry_run: bool) -> None:
+    """Run (or queue) one arm; `unfinished`: DVC's executor where it lists the arm unfinished.
+    An arm queued, or running in a queue worker, is refused: the queue will finish it."""
+    if unfinished and not stopped(unfinished):
+        sys.exit(f"error: experiment {name} is queued or running; once `dvc queue status` "
+                 "shows it done, run `kdpipe confirm --report`")
+    if unfinished:
+        print(f"{name}: its last run stopped before it finished; running it again (finished "
+              "stages come from DVC's run-cache)", file=sys.stderr)
+    cmd = ["dvc", "exp", "run", "--queue" if queue else "--temp", "-n", name,
+           *[arg for s in sets for arg in ("-S", s)]]
+    print(" ".join(cmd), flush=True)
+    if not dry_run and subprocess.run(cmd).returncode != 0:
+        sys.exit(f"error: experiment {name} failed; rerun `kdpipe confirm` to resume it")
 
 
 def collect(sweep: dict, names: list[str], seeds: list[int]) -> dict:

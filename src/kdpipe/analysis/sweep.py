@@ -63,11 +63,12 @@ def workspace_is_stale() -> bool:
     return done.returncode != 0 or json.loads(done.stdout or "{}") != {}
 
 
-def experiments(all_commits: bool, unfinished: list[str] | None = None
+def experiments(all_commits: bool, unfinished: dict[str, dict] | None = None
                 ) -> list[tuple[str, dict, dict]]:
     """(name, flattened params, metrics/models.json) of every finished experiment DVC knows;
-    the names of those still queued or running are appended to `unfinished`."""
-    unfinished = [] if unfinished is None else unfinished
+    those still queued or running go into `unfinished`, name -> DVC's executor ({"state":
+    "queued" | "running", "name": where it runs: "tempdir", "dvc-task" (a queue worker), ...})."""
+    unfinished = {} if unfinished is None else unfinished
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -91,11 +92,11 @@ def experiments(all_commits: bool, unfinished: list[str] | None = None
         if params and models:
             found.append((name, flat(params), models))
         for group in entry.get("experiments") or []:
-            state = (group.get("executor") or {}).get("state")
-            if state in ("queued", "running"):  # its files are still those it started from
-                print(f"left out experiment {group.get('name')}: {state}, not finished",
-                      file=sys.stderr)
-                unfinished.append(group.get("name"))
+            executor = group.get("executor") or {}
+            if executor.get("state") in ("queued", "running"):  # files it started from
+                print(f"left out experiment {group.get('name')}: {executor['state']}, not "
+                      "finished", file=sys.stderr)
+                unfinished[group.get("name")] = executor
                 continue
             for child in group.get("revs", []):
                 visit(child)
