@@ -28,7 +28,7 @@ from statistics import fmean
 
 import yaml
 
-from kdpipe.analysis.settings import is_common, normal
+from kdpipe.analysis.settings import common_of, normal
 from kdpipe.analysis.sweep import experiments
 from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
@@ -65,8 +65,8 @@ def fresh_seeds(spec: str | None, count: int, seen: list[int]) -> list[int]:
 def check_workspace(common: dict, params: Path = Path("params.yaml")) -> None:
     """The data, teacher and device the sweep compared on must be the workspace's, or the fresh
     students would answer another question."""
-    here = {k: v for k, v in flat(yaml.safe_load(params.read_text())).items()
-            if is_common(k) and k != "seeds"}
+    here = common_of(flat(yaml.safe_load(params.read_text())))
+    # an older sweep.json holds `seeds` among its common params
     wanted = {k: v for k, v in common.items() if k != "seeds"}
     differ = sorted(k for k in here.keys() | wanted.keys()
                     if normal({k: here.get(k)}) != normal({k: wanted.get(k)}))

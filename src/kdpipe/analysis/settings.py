@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 
 from kdpipe.measure.fidelity import FIDELITY_KEYS
 
-# must match across a sweep (`seeds` is not among them: scores pair per seed)
-COMMON = ("seed", "device", "precision", "threads", "data.", "teacher.")
+# must match across a sweep: these keys and sections (`seeds` is not among them: scores pair
+# per seed) ...
+COMMON_KEYS = ("seed", "device", "precision", "threads")
+COMMON_SECTIONS = ("data.", "teacher.")
 # ... but for the students' own inputs: which views they see and how they are mixed are part of
 # a recipe, compared like the `student` section (the teacher trains on its own teacher.views)
 STUDENT_DATA = ("data.views", "data.mix", "data.mix_alpha")
@@ -24,7 +26,12 @@ STUDENT_DATA = ("data.views", "data.mix", "data.mix_alpha")
 def is_common(key: str) -> bool:
     """Whether params `key` must be the same for two settings to compare (data, teacher,
     device), rather than be part of a recipe."""
-    return key.startswith(COMMON) and key not in STUDENT_DATA and key != "seeds"
+    return (key in COMMON_KEYS or key.startswith(COMMON_SECTIONS)) and key not in STUDENT_DATA
+
+
+def common_of(params: dict) -> dict:
+    """The common part of flattened params (is_common)."""
+    return {k: v for k, v in params.items() if is_common(k)}
 
 
 def in_recipe(key: str) -> bool:
@@ -75,7 +82,7 @@ def trained_models(found: list[tuple[str, dict, dict]]) -> list[Setting]:
     unique: dict[str, Setting] = {}
     for name, params, models in found:
         params = as_read(params)
-        common = {k: v for k, v in params.items() if is_common(k)}
+        common = common_of(params)
         for model, row in models.items():
             if model == "teacher" or "val_acc_per_seed" not in row:
                 continue
@@ -109,12 +116,9 @@ def comparable(found: list[tuple[str, dict, dict]]) -> tuple[list[Setting], int]
     device, scored on its seeds, and how many experiments were left out for differing there or
     sharing none of its seeds: scores on other data, from another teacher or on other seeds do
     not compare."""
-    def common(params: dict) -> dict:
-        return {k: v for k, v in params.items() if is_common(k)}
-
-    workspace, seeds = common(found[0][1]), sweep_seeds(found)
+    workspace, seeds = common_of(found[0][1]), sweep_seeds(found)
     left_out = {name for name, params, models in found
-                if common(params) != workspace or not seeds & trained_on(models)}
+                if common_of(params) != workspace or not seeds & trained_on(models)}
     kept = [m.on(seeds) for m in trained_models(found) if m.common == workspace]
     return [m for m in kept if m], len(left_out)
 
