@@ -5,7 +5,11 @@ check_params: adding a method that reads only logits leaves this stage alone). W
 distill stages run the teacher live on each augmented batch, so there is nothing to compute:
 the stage then writes only the cache's meta.json, in about a second."""
 import math
+import sys
 import time
+from pathlib import Path
+
+import torch
 
 from kdpipe.core.config import Config, section
 from kdpipe.core.files import folder_mb, read_upstream
@@ -24,9 +28,14 @@ from kdpipe.data.mixing import describe
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
-from kdpipe.learn.checkpoint import load_teacher
+from kdpipe.learn.checkpoint import load_teacher, run_key
 from kdpipe.learn.models import feature_shape
-from kdpipe.learn.teacher_targets import check_cache_fits, compute_targets, save_targets
+from kdpipe.learn.teacher_targets import (
+    check_cache_fits,
+    compute_targets,
+    remove_chunks,
+    save_targets,
+)
 from kdpipe.ops.stage import run_stage
 from kdpipe.tracking import store
 from kdpipe.tracking.run_log import link_teacher, log_dataset
@@ -69,22 +78,27 @@ def main(cfg: Config) -> None:
             f"{f'views ({views.count} per image)' if views else 'images'} in {runtime.precision}")
         start = time.perf_counter()
         normalize = Normalize(cfg.data.mean, cfg.data.std, runtime.device)
-        logits, maps = compute_targets(teacher, images, normalize, runtime.autocast, views,
-                                       features)
+        resume_key = run_key(params, prepared.digest, saved["mlflow_run_id"], features,
+                             runtime.device.type, runtime.precision, torch.get_num_threads(),
+                             files=[Path(sys.argv[0])])
+        done = compute_targets(teacher, images, normalize, runtime.autocast, views, features,
+                               resume_key=resume_key)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,
                                    "teacher_run_id": saved["mlflow_run_id"],
                                    "teacher_layer": teacher.layer, "views": cfg.data.views,
                                    "mix": describe(mixing)},
-                     logits, maps)
+                     done.logits, done.maps)
+        remove_chunks(resume_key)
         seconds = time.perf_counter() - start
-        stage.finish({"cached_samples": len(logits),
+        speed = done.computed_rows / seconds  # rows/s of this run; resumed rows cost it nothing
+        stage.finish({"cached_samples": rows, "resumed_samples": rows - done.computed_rows,
                       "feature_values": math.prod(shape) if shape else 0,
-                      "images_per_second": round(len(logits) / seconds, 1),
+                      "images_per_second": round(speed, 1),
                       # the cost of long schedules' many (mixed) views, comparable across K
-                      "seconds_per_million_views": round(seconds / len(logits) * 1e6, 1),
+                      "seconds_per_million_views": round(1e6 / speed, 1) if speed else 0.0,
                       "size_mb": round(folder_mb(TARGETS_DIR), 1)})
-    say(f"teacher targets: {len(logits):,} rows in {clock(time.perf_counter() - start)} "
-        f"-> {TARGETS_DIR}")
+    say(f"teacher targets: {rows:,} rows ({rows - done.computed_rows:,} resumed) in "
+        f"{clock(time.perf_counter() - start)} -> {TARGETS_DIR}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_zero_weight_kd_trains_the_baseline_bit_for_bit(tiny_data, tmp_path, pre
     run = RUNTIMES[precision]
     torch.manual_seed(1)
     teacher = Tapped(DeepNN(), "features").eval()
-    logits, _ = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize, run.autocast)
+    logits = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize, run.autocast).logits
     assert logits.dtype == torch.float32  # the cache stays fp32 whatever the pass ran in
     save_targets(tmp_path, {"data_sha256": "d", "teacher_run_id": "t"}, logits)
     cached = CachedTargets(tmp_path, ("logits",), CPU, {"data_sha256": "d", "teacher_run_id": "t"})
@@ -106,8 +106,8 @@ def test_a_live_teacher_and_its_cache_agree_in_bf16(tiny_data):
     run = RUNTIMES["bf16"]
     torch.manual_seed(2)
     teacher = Tapped(DeepNN(), "features").eval()
-    logits, _ = compute_targets(teacher, tiny_data.train_x[:50], tiny_data.normalize,
-                                run.autocast, batch=50)
+    logits = compute_targets(teacher, tiny_data.train_x[:50], tiny_data.normalize,
+                             run.autocast, batch=50).logits
     idx = torch.arange(50)
     live = LiveTeacher(teacher, run.autocast)(idx, tiny_data.normalize(tiny_data.train_x[idx]))
     assert isinstance(live, TeacherOutputs) and torch.equal(live.logits, logits)

@@ -183,8 +183,8 @@ def test_cached_targets_give_the_same_loss_as_a_live_teacher(tiny_data, cpu, tmp
 
     torch.manual_seed(0)
     teacher = tapped(DeepNN()).eval()
-    logits, features = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
-                                       cpu.autocast)
+    logits, features, _ = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
+                                          cpu.autocast)
     save_targets(tmp_path / "targets", META, logits, features)
     objective = registry.objective(load_config(ROOT / "params.yaml"), method)
     cached = CachedTargets(tmp_path / "targets", objective.needs, cpu.device, META)

@@ -68,8 +68,8 @@ def cached_views(tiny_data, tmp_path, views):
 
     torch.manual_seed(1)
     teacher = Tapped(DeepNN(), "features").eval()
-    logits, maps = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
-                                   contextlib.nullcontext, views, features=False, batch=128)
+    logits, maps, _ = compute_targets(teacher, tiny_data.train_x, tiny_data.normalize,
+                                      contextlib.nullcontext, views, features=False, batch=128)
     assert logits.shape == (200 * 4, 10) and maps is None  # no method here needs features
     save_targets(tmp_path, META, logits)
     return teacher, CachedTargets(tmp_path, ("logits",), CPU, META)

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from kdpipe.core.errors import DataError
 from kdpipe.core.files import atomic_path, read_json, write_json
+from kdpipe.core.paths import CHECKPOINT_DIR
 from kdpipe.core.progress import bar, say
 from kdpipe.data.views import Views
+from kdpipe.learn.checkpoint import Checkpoint
 from kdpipe.learn.models import Tapped
 from kdpipe.learn.objective import TeacherOutputs
 
@@ -38,18 +41,57 @@ FEATURE_DTYPE = np.float16
 TARGET_FILES = {"logits": "logits.npy", "features": "features.npy"}
 
 
+# A pass is saved in chunks of this many rows, so a killed teacher_targets resumes where it
+# stopped: 100,000 views are about 1-3 minutes of teacher passes on a 2-core CPU, what a kill
+# loses at most, and 4 MB of logits a chunk (with the tutorial's features, 800 MB).
+CHUNK_ROWS = 100_000
+CHUNK_NAME = "teacher_targets-{key}-{start}"  # the key's first 16 hex digits: one pass's own
+
+
+class TeacherPass(NamedTuple):
+    logits: torch.Tensor            # float32 (rows, classes)
+    maps: torch.Tensor | None       # float32 feature maps, where asked for
+    computed_rows: int              # rows computed by this call (the rest from checkpoints)
+
+
 @torch.no_grad()
 def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
-                    views: Views | None = None, features: bool = True, batch: int = 1000):
+                    views: Views | None = None, features: bool = True, batch: int = 1000,
+                    resume_key: str | None = None, chunk: int = CHUNK_ROWS) -> TeacherPass:
     """One pass of the frozen teacher over uint8 `images` (each of its views, with `views`) in
-    the run's precision (`autocast`, as a live teacher runs): (logits float32, feature maps
-    float32 or None), on the CPU, in cache-row order."""
+    the run's precision (`autocast`, as a live teacher runs), on the CPU, in cache-row order.
+    With `resume_key` (a digest of all the
+    pass depends on) each finished chunk of rows is checkpointed and a chunk saved under the
+    same key is loaded instead of computed; `remove_chunks` deletes them once the cache is
+    written."""
     teacher.eval()
-    logits, maps = [], []
     rows = len(images) * (views.count if views else 1)
     steps = bar(rows, "teacher pass", "img")
-    for start in range(0, rows, batch):
-        keys = torch.arange(start, min(start + batch, rows), device=images.device)
+    logits, maps, computed = [], [], 0
+    for start in range(0, rows, chunk):
+        keys = torch.arange(start, min(start + chunk, rows), device=images.device)
+        saved = Checkpoint(CHUNK_NAME.format(key=resume_key[:16], start=start), resume_key) \
+            if resume_key else None
+        part = saved.load() if saved else None
+        if part is None:
+            part = _pass(teacher, images, normalize, autocast, views, features, keys, batch,
+                         steps)
+            computed += len(keys)
+            if saved:
+                saved.save(part)
+        else:
+            steps.update(len(keys))
+        logits.append(part["logits"])
+        if part["maps"] is not None:
+            maps.append(part["maps"])
+    steps.close()
+    return TeacherPass(torch.cat(logits), torch.cat(maps) if maps else None, computed)
+
+
+def _pass(teacher, images, normalize, autocast, views, features, rows, batch, steps) -> dict:
+    """The teacher's outputs on cache rows `rows`, `batch` at a time."""
+    logits, maps = [], []
+    for keys in rows.split(batch):
         x = views.render(images, normalize, keys) if views else normalize(images[keys])
         with autocast():
             out, fmap = teacher.forward_with_features(x)
@@ -57,8 +99,14 @@ def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
         if features and fmap is not None:
             maps.append(fmap.float().cpu())
         steps.update(len(out))
-    steps.close()
-    return torch.cat(logits), torch.cat(maps) if maps else None
+    return {"logits": torch.cat(logits), "maps": torch.cat(maps) if maps else None}
+
+
+def remove_chunks(resume_key: str, folder: Path = CHECKPOINT_DIR) -> None:
+    """Delete the chunk checkpoints of the pass with `resume_key` (once its cache is written;
+    another pass's, e.g. a parallel experiment's, are left alone)."""
+    for path in folder.glob(CHUNK_NAME.format(key=resume_key[:16], start="*") + ".pt"):
+        path.unlink(missing_ok=True)
 
 
 def check_cache_fits(count: int, num_classes: int, feature_shape: tuple[int, ...] | None) -> int:
