@@ -179,18 +179,19 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    answer = 120  # seconds a request may take: a busy host slows a fresh server's first answers
     try:
         wait_for_server(base, server)
         with urllib.request.urlopen(
                 f"{base}/api/2.0/mlflow/experiments/get-by-name"
-                "?experiment_name=knowledge-distillation", timeout=10) as response:
+                "?experiment_name=knowledge-distillation", timeout=answer) as response:
             experiment_id = json.load(response)["experiment"]["experiment_id"]
         request = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search", method="POST",
             headers={"Content-Type": "application/json"},
             data=json.dumps({"experiment_ids": [experiment_id],
                              "filter": "tags.`dvc.stage` = 'distill@kd-42'"}).encode())
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=answer) as response:
             runs = json.load(response)["runs"]
         assert [r["info"]["run_name"] for r in runs] == ["kd-42"]
         metrics = {m["key"] for m in runs[0]["data"]["metrics"]}

@@ -60,10 +60,9 @@ def compute_targets(teacher, images: torch.Tensor, normalize, autocast,
                     resume_key: str | None = None, chunk: int = CHUNK_ROWS) -> TeacherPass:
     """One pass of the frozen teacher over uint8 `images` (each of its views, with `views`) in
     the run's precision (`autocast`, as a live teacher runs), on the CPU, in cache-row order.
-    With `resume_key` (a digest of all the
-    pass depends on) each finished chunk of rows is checkpointed and a chunk saved under the
-    same key is loaded instead of computed; `remove_chunks` deletes them once the cache is
-    written."""
+    With `resume_key` (a digest of all the pass depends on) each finished chunk of rows is
+    checkpointed, and a chunk saved under the same key is loaded instead of computed;
+    `remove_chunks` deletes them once the cache is written."""
     teacher.eval()
     rows = len(images) * (views.count if views else 1)
     steps = bar(rows, "teacher pass", "img")
