@@ -79,6 +79,19 @@ def exports(script_output: str) -> dict[str, str]:
     return dict(line.removeprefix("export ").split("=", 1) for line in script_output.splitlines())
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    """Stops a server started with start_new_session=True and its workers: SIGTERM to its
+    process group, SIGKILL if it has not exited 30 s later (a busy host slows a clean exit)."""
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def wait_for_server(url: str, process: subprocess.Popen, seconds: float = 120,
                     log: Path | None = None) -> None:
     """Until `url`/health answers; fails if the server process exits or time runs out."""

@@ -3,8 +3,6 @@ which agrees with PyTorch on the test split; the report sets the runtimes side b
 holds the ONNX model, linked to its training run and registered under the registry's rules;
 `mlflow models serve` answers with the pipeline's predictions and turns bad input into a 4xx."""
 import json
-import os
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,7 +14,7 @@ import yaml
 from kdpipe.data.prepared import Prepared
 from kdpipe.export import exporter
 from kdpipe.measure.evaluate import top1
-from tests.project import clean_env, clone, read_json, wait_for_server
+from tests.project import clean_env, clone, read_json, stop_server, wait_for_server
 from tests.test_pipeline import mlflow_client
 from tests.test_safety import closed_port
 
@@ -141,9 +139,4 @@ def test_the_served_student_predicts_as_the_pipeline_and_refuses_bad_input(built
             assert 400 <= status < 500 and says in answer["message"], (status, answer)
         assert server.poll() is None  # still serving: nothing crashed it
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_server(server)

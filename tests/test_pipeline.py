@@ -13,6 +13,7 @@ from tests.project import (
     clone,
     ran_stages,
     read_json,
+    stop_server,
     wait_for_server,
 )
 from tests.test_safety import closed_port
@@ -177,7 +178,8 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
     server = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{built / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     answer = 120  # seconds a request may take: a busy host slows a fresh server's first answers
     try:
@@ -197,8 +199,7 @@ def test_a_real_mlflow_server_serves_the_runs_over_rest(built, tmp_path):
         metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
         assert {"test_acc", "epoch/val_acc", "epoch/train_loss", "stage/num_params"} <= metrics
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 @pytest.mark.slow

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.project import clean_env, clone, exports, ran_stages, sh, wait_for_server
+from tests.project import (
+    clean_env,
+    clone,
+    exports,
+    ran_stages,
+    sh,
+    stop_server,
+    wait_for_server,
+)
 from tests.test_safety import closed_port
 
 ADMIN, PASSWORD = "admin", "kd-test-password-1"
@@ -54,8 +62,7 @@ def server(postgres, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     wait_for_server(url, process, log=folder / "log")
     yield url
-    os.killpg(process.pid, 15)  # the server and its workers
-    process.wait(timeout=30)
+    stop_server(process)
 
 
 def client_env(url: str, password: str = PASSWORD) -> dict:
