@@ -77,9 +77,10 @@ def main() -> None:
     times = {mode: {"epoch": [], "teacher": []} for mode in MODES}
     for _ in range(args.rounds):  # the modes in turn, so that drifts in the host hit all alike
         for mode in MODES:
-            views = Views.from_params(0, args.images, args.views, CPU, mode, 1.0, 32)
+            mixing = {"data.mix": mode, "data.mix_alpha": 1.0}
+            views = Views.from_params(0, args.images, args.views, CPU, mixing)
             times[mode]["epoch"].append(student_epoch_seconds(x, y, views, runtime))
-            small = Views.from_params(0, args.teacher_images, args.views, CPU, mode, 1.0, 32)
+            small = Views.from_params(0, args.teacher_images, args.views, CPU, mixing)
             times[mode]["teacher"].append(
                 teacher_pass_seconds(x[:args.teacher_images], small, runtime))
     median = {mode: {k: statistics.median(v) for k, v in t.items()} for mode, t in times.items()}
