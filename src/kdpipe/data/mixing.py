@@ -19,7 +19,7 @@ import torch
 from scipy.stats import beta
 
 from kdpipe.data.hashing import hashed, uniform
-from kdpipe.data.prepared import crop_flip, crop_params
+from kdpipe.data.prepared import crop_params, crop_rows, padded_pixels, pixels_at
 
 # Salts: each property of a mixed view hashes (seed ^ salt, image, view) on its own.
 PARTNER, PARTNER_VIEW, WEIGHT, BOX_Y, BOX_X = 0x9A27, 0xC809, 0x1A3B, 0xB0F1, 0xB0F2
@@ -69,23 +69,32 @@ class Mixing:
         return cls(mode, tensor(partner, np.int32), tensor(crops, np.uint8),
                    tensor(lam, np.float32), None if box is None else tensor(box, np.int16))
 
-    def apply(self, x: torch.Tensor, images: torch.Tensor, normalize, image: torch.Tensor,
-              view: torch.Tensor) -> torch.Tensor:
-        """The views `x` (normalised, cropped) of `image` mixed with their partners' views,
-        rendered from the uint8 `images` of the split."""
+    def render(self, images: torch.Tensor, normalize, image: torch.Tensor, view: torch.Tensor,
+               crops: torch.Tensor) -> torch.Tensor:
+        """The views `view` of `image` (their own crops (B, 3): dy, dx, flip) mixed with their
+        partners' views, rendered from the uint8 `images` of the split.
+
+        Both crops of a pair index one padded batch of 2B images, and CutMix picks each pixel's
+        source in that index: one index_select of B images instead of two crops and a
+        torch.where. Measured in bf16 on a 2-core Xeon (docs/performance.md): a student epoch on
+        cutmixed views 1.10x one on plain views, against 1.24x."""
+        n = len(image)
         partner = self.partner[image, view].long()
-        dy, dx, flip = self.partner_view[image, view].unbind(-1)
-        other = crop_flip(normalize(images[partner]), dy, dx, flip)
+        both = torch.cat([crops, self.partner_view[image, view]])
+        pixels = padded_pixels(normalize(images[torch.cat([image, partner])]))
+        rows = crop_rows(*both.unbind(-1), *images.shape[2:])  # (2B, H, W): own, then partner
         if self.box is None:
+            x = pixels_at(pixels, rows)
             lam = self.lam[image, view][:, None, None, None]
-            mixed = torch.lerp(other, x, lam)  # lam * x + (1 - lam) * other, in one pass
+            mixed = torch.lerp(x[n:], x[:n], lam)  # lam * own + (1 - lam) * partner, one pass
         else:
-            y0, y1, x0, x1 = (b[:, None, None, None]
+            y0, y1, x0, x1 = (b[:, None, None]
                               for b in self.box[image, view].long().unbind(-1))
-            rows = torch.arange(x.shape[2], device=x.device)[None, None, :, None]
-            cols = torch.arange(x.shape[3], device=x.device)[None, None, None, :]
-            inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-            mixed = torch.where(inside, other, x)
+            h, w = rows.shape[1:]
+            ys = torch.arange(h, device=rows.device)[None, :, None]
+            xs = torch.arange(w, device=rows.device)[None, None, :]
+            inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+            mixed = pixels_at(pixels, torch.where(inside, rows[n:], rows[:n]))
         return mixed.contiguous(memory_format=torch.channels_last)
 
     def labels(self, labels: torch.Tensor, image: torch.Tensor, view: torch.Tensor,

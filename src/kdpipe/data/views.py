@@ -84,10 +84,10 @@ class Views:
         """The views `keys` name, from the split's uint8 `images`: cropped and flipped, then
         mixed with their partners' where data.mix says. What the teacher's cache and every
         training stage both show."""
-        image = self.images(keys)
-        x = self.apply(normalize(images[image]), keys)
-        return self.mixing.apply(x, images, normalize, image, keys % self.count) \
-            if self.mixing else x
+        image, view = self.images(keys), keys % self.count
+        if self.mixing:
+            return self.mixing.render(images, normalize, image, view, self.params[image, view])
+        return self.apply(normalize(images[image]), keys)
 
     def labels(self, labels: torch.Tensor, keys: torch.Tensor, classes: int) -> torch.Tensor:
         """The training targets of the views `keys` name: the images' labels, or with mixing
