@@ -5,11 +5,7 @@ check_params: adding a method that reads only logits leaves this stage alone). W
 distill stages run the teacher live on each augmented batch, so there is nothing to compute:
 the stage then writes only the cache's meta.json, in about a second."""
 import math
-import sys
 import time
-from pathlib import Path
-
-import torch
 
 from kdpipe.core.config import Config, section
 from kdpipe.core.files import folder_mb, read_upstream
@@ -28,7 +24,7 @@ from kdpipe.data.mixing import describe
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
-from kdpipe.learn.checkpoint import load_teacher, run_key
+from kdpipe.learn.checkpoint import load_teacher, stage_key
 from kdpipe.learn.models import feature_shape
 from kdpipe.learn.teacher_targets import (
     check_cache_fits,
@@ -78,9 +74,8 @@ def main(cfg: Config) -> None:
             f"{f'views ({views.count} per image)' if views else 'images'} in {runtime.precision}")
         start = time.perf_counter()
         normalize = Normalize(cfg.data.mean, cfg.data.std, runtime.device)
-        resume_key = run_key(params, prepared.digest, saved["mlflow_run_id"], features,
-                             runtime.device.type, runtime.precision, torch.get_num_threads(),
-                             files=[Path(sys.argv[0])])
+        resume_key = stage_key(runtime, params, prepared.digest, saved["mlflow_run_id"],
+                               features)
         done = compute_targets(teacher, images, normalize, runtime.autocast, views, features,
                                resume_key=resume_key)
         save_targets(TARGETS_DIR, {"data_sha256": prepared.digest,

@@ -1,6 +1,7 @@
 import os
 import pickle
 import socket
+import sys
 import time
 
 import pytest
@@ -71,3 +72,26 @@ def test_the_checkpoint_key_changes_with_each_thing_a_resumed_stage_must_match(t
         assert run_key(*changed.values(), files=[script]) != key, part
     script.write_text("# a stage, edited\n")
     assert run_key(*inputs.values(), files=[script]) != key, "its code"
+
+
+def test_a_stage_key_adds_the_runtime_and_the_stage_script(tmp_path, monkeypatch):
+    """checkpoint.stage_key, what the training stages and teacher_targets key their resumable
+    state by: run_key of their parts and of the device type, precision, threads and script."""
+    from kdpipe.core.runtime import Runtime
+    from kdpipe.learn.checkpoint import run_key, stage_key
+
+    script = tmp_path / "stage.py"
+    script.write_text("# a stage\n")
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    fp32 = Runtime(torch.device("cpu"), None, False)
+    key = stage_key(fp32, "kd", 42)
+    assert key == run_key("kd", 42, "cpu", "fp32", torch.get_num_threads(), files=[script])
+    assert stage_key(Runtime(torch.device("cpu"), torch.bfloat16, False), "kd", 42) != key
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert stage_key(fp32, "kd", 42) != key
+    finally:
+        torch.set_num_threads(threads)
+    script.write_text("# a stage, edited\n")
+    assert stage_key(fp32, "kd", 42) != key

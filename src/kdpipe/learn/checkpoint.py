@@ -20,6 +20,7 @@ import torch
 from kdpipe.core.errors import UnsafeCheckpointError
 from kdpipe.core.files import sha256_files, write_with
 from kdpipe.core.paths import CHECKPOINT_DIR
+from kdpipe.core.runtime import Runtime
 from kdpipe.learn.models import Tapped, build_model, default_feature_layer
 
 
@@ -54,6 +55,13 @@ def run_key(*parts: Any, files: list[Path] = ()) -> str:
                   if name.startswith("kdpipe.") and getattr(m, "__file__", None)) + list(files)
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256((text + sha256_files(code)).encode()).hexdigest()
+
+
+def stage_key(runtime: Runtime, *parts: Any) -> str:
+    """The key of a stage's resumable state: run_key of `parts` (what the stage reads), of what
+    else changes its numbers here (device type, precision, threads) and of the stage's script."""
+    return run_key(*parts, runtime.device.type, runtime.precision, torch.get_num_threads(),
+                   files=[Path(sys.argv[0])])
 
 
 def on_cpu(obj: Any) -> Any:

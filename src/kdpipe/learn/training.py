@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from kdpipe.core.runtime import Runtime
 from kdpipe.data.prepared import Normalize, Prepared, to_device
 from kdpipe.data.sources import dataset_uri
 from kdpipe.data.views import Views
-from kdpipe.learn.checkpoint import Checkpoint, run_key, save_tensors
+from kdpipe.learn.checkpoint import Checkpoint, save_tensors, stage_key
 from kdpipe.learn.loop import TeacherSource, TrainData, Trained, fit
 from kdpipe.learn.models import Tapped, build_model, count_params, default_feature_layer
 from kdpipe.learn.objective import Objective
@@ -117,9 +116,7 @@ def train_model(spec: ModelSpec, cfg: Config, runtime: Runtime, objective: Objec
     objective.label_smoothing = spec.train.label_smoothing
     inputs = {f"teacher_{k}": teacher_saved[f"mlflow_{k}"] for k in ("run_id", "model_id")} \
         if teacher_saved else {}
-    key = run_key(spec.name, spec.seed, spec.params, prepared.digest, inputs,
-                  runtime.device.type, runtime.precision, torch.get_num_threads(),
-                  files=[Path(sys.argv[0])])
+    key = stage_key(runtime, spec.name, spec.seed, spec.params, prepared.digest, inputs)
     checkpoint = Checkpoint(spec.run_name, key)
     resumed = checkpoint.load()
     run_id = resumed["mlflow_run_id"] if resumed else None
