@@ -34,6 +34,8 @@ def target(fd):
 print(json.dumps({
     "pid": os.getpid(), "ppid": os.getppid(), "affinity": sorted(os.sched_getaffinity(0)),
     "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    "autogroup": (int(open("/proc/self/autogroup").read().split()[-1])
+                  if os.path.exists("/proc/self/autogroup") else None),
     "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
     "hup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
     "fds": [target(fd) for fd in os.listdir("/proc/self/fd")]}), flush=True)
@@ -293,6 +295,20 @@ def test_a_stage_runs_with_its_callers_affinity_nice_and_limits(root, env):
     assert code == 0 and not seen["cold"]
     assert (seen["affinity"], seen["nice"], seen["nofile"]) == (cpus, os.nice(0) + 3,
                                                                 [limit, hard])
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroups")
+def test_a_stage_keeps_its_callers_autogroup_nice(root, env):
+    """A job lowered with `echo 19 > /proc/<pid>/autogroup` on a shared host: its stages run in
+    the warm process's session, which must not take the CPU share back at nice 0."""
+    def lowered():  # runs after start_new_session's setsid: this session's own autogroup
+        Path("/proc/self/autogroup").write_text("7")
+
+    seen, code, _ = launch(root, env, "report", start_new_session=True, preexec_fn=lowered)
+    assert code == 0 and not seen["cold"]
+    assert seen["autogroup"] == 7
+    seen, code, _ = launch(root, env, "report", start_new_session=True)
+    assert code == 0 and not seen["cold"] and seen["autogroup"] == 0  # a warm process of its own
 
 
 def test_the_user_site_folder_is_part_of_the_key(tmp_path, monkeypatch):

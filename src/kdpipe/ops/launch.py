@@ -14,8 +14,9 @@ shell reports it).
 A warm process serves only launchers that would have started the same process: same
 interpreter, installed packages (the user's site-packages too), environment, launcher code, and
 the state a process inherits from the one that starts it: ignored signals, CPU affinity, nice,
-resource limits and cgroup (taskset, nohup, ulimit, Slurm). The first stage of a kind starts its
-warm process and waits for it; it exits after kdpipe.ops.warm.IDLE_SECONDS without a stage.
+the session's autogroup nice, resource limits and cgroup (taskset, nohup, ulimit, Slurm). The
+first stage of a kind starts its warm process and waits for it; it exits after
+kdpipe.ops.warm.IDLE_SECONDS without a stage.
 
 Sockets and logs lie in a folder only this user may use, as every stage's environment and
 streams pass through it: $XDG_RUNTIME_DIR/kdpipe-warm, else kdpipe-warm-<uid> in the temp folder,
@@ -101,7 +102,27 @@ def inherited_state() -> list:
     limits = [resource.getrlimit(getattr(resource, name))
               for name in sorted(dir(resource)) if name.startswith("RLIMIT_")]
     return [ignored, sorted(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, 0), limits,
-            Path("/proc/self/cgroup").read_text()]
+            Path("/proc/self/cgroup").read_text(), autogroup_nice()]
+
+
+def autogroup_nice(pid: int | str = "self") -> int | None:
+    """The nice value of a process's autogroup; None where the kernel has none. Linux shares
+    the CPU fairly between sessions (autogroups) before it looks at a process's own nice, so a
+    shared host's user lowers a whole job's share with `echo 19 > /proc/<pid>/autogroup`."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def share_autogroup_nice(pid: int) -> None:
+    """Give the warm process, which leads a new session and so a new autogroup at nice 0, this
+    process's autogroup nice: else its stages would take back the CPU share the caller gave up.
+    Best effort: a kernel without autogroups, or a nice below 0 without the privilege, keeps 0."""
+    nice = autogroup_nice()
+    if nice:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 def private_folder() -> Path:
@@ -146,6 +167,7 @@ def connect_or_start(path: Path) -> socket.socket:
                                   start_new_session=True)
     finally:
         os.close(fd)
+    share_autogroup_nice(server.pid)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
