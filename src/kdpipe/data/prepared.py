@@ -136,8 +136,7 @@ def crop_flip(batch: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
 
     Padding happens after normalisation, so padded pixels are 0 = the dataset mean, as with
     torchvision's RandomCrop applied to a normalised tensor."""
-    n, c, h, w = batch.shape
-    return pixels_at(padded_pixels(batch), crop_rows(dy, dx, flip, h, w))
+    return pixels_at(padded_pixels(batch), crop_rows(dy, dx, flip, *batch.shape[2:]))
 
 
 def padded_pixels(batch: torch.Tensor) -> torch.Tensor:

@@ -105,12 +105,12 @@ def inherited_state() -> list:
             Path("/proc/self/cgroup").read_text(), autogroup_nice()]
 
 
-def autogroup_nice(pid: int | str = "self") -> int | None:
-    """The nice value of a process's autogroup; None where the kernel has none. Linux shares
+def autogroup_nice() -> int | None:
+    """The nice value of this process's autogroup; None where the kernel has none. Linux shares
     the CPU fairly between sessions (autogroups) before it looks at a process's own nice, so a
     shared host's user lowers a whole job's share with `echo 19 > /proc/<pid>/autogroup`."""
     try:
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+        return int(Path("/proc/self/autogroup").read_text().split()[-1])
     except (OSError, ValueError, IndexError):
         return None
 
