@@ -31,11 +31,16 @@ def target(fd):
     except OSError:
         return ""
 
+def autogroup():  # the file is empty in the kernel's default autogroup (a session never setsid)
+    try:
+        return int(open("/proc/self/autogroup").read().split()[-1])
+    except (OSError, IndexError):
+        return None
+
 print(json.dumps({
     "pid": os.getpid(), "ppid": os.getppid(), "affinity": sorted(os.sched_getaffinity(0)),
     "nice": os.getpriority(os.PRIO_PROCESS, 0),
-    "autogroup": (int(open("/proc/self/autogroup").read().split()[-1])
-                  if os.path.exists("/proc/self/autogroup") else None),
+    "autogroup": autogroup(),
     "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
     "hup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
     "fds": [target(fd) for fd in os.listdir("/proc/self/fd")]}), flush=True)

@@ -106,9 +106,10 @@ def inherited_state() -> list:
 
 
 def autogroup_nice() -> int | None:
-    """The nice value of this process's autogroup; None where the kernel has none. Linux shares
-    the CPU fairly between sessions (autogroups) before it looks at a process's own nice, so a
-    shared host's user lowers a whole job's share with `echo 19 > /proc/<pid>/autogroup`."""
+    """The nice value of this process's autogroup; None where the kernel has none, or in the
+    default one (a session descended from init without setsid: its file reads empty). Linux
+    shares the CPU fairly between sessions (autogroups) before it looks at a process's own nice,
+    so a shared host's user lowers a whole job's share with `echo 19 > /proc/<pid>/autogroup`."""
     try:
         return int(Path("/proc/self/autogroup").read_text().split()[-1])
     except (OSError, ValueError, IndexError):
