@@ -20,40 +20,7 @@ from tests.conftest import ROOT
 
 OPS = ROOT / "src" / "kdpipe" / "ops"  # warm.py imports by plain name from its own folder
 
-# Prints what a stage can see of its process, then does what its first argument says.
-STAGE = """
-import json, os, resource, signal, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor
-
-def target(fd):
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
-
-def autogroup():  # the file is empty in the kernel's default autogroup (a session never setsid)
-    try:
-        return int(open("/proc/self/autogroup").read().split()[-1])
-    except (OSError, IndexError):
-        return None
-
-print(json.dumps({
-    "pid": os.getpid(), "ppid": os.getppid(), "affinity": sorted(os.sched_getaffinity(0)),
-    "nice": os.getpriority(os.PRIO_PROCESS, 0),
-    "autogroup": autogroup(),
-    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-    "hup_ignored": signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
-    "fds": [target(fd) for fd in os.listdir("/proc/self/fd")]}), flush=True)
-action = sys.argv[1]
-if action == "wait":  # until the test creates the file
-    while not os.path.exists(sys.argv[2]):
-        time.sleep(0.02)
-elif action == "executor":  # kept by a library, as MLflow keeps its download pool
-    threading.pool = ThreadPoolExecutor(1)
-    threading.pool.submit(print, "submitted").result()
-elif action == "stuck":
-    threading.Thread(target=threading.Event().wait, name="stuck").start()
-"""
+STAGE = Path(__file__).with_name("launched_stage.py")
 
 
 @pytest.fixture
@@ -61,7 +28,7 @@ def root():
     """A short folder (socket paths must fit in 108 bytes), whose warm processes are killed."""
     folder = Path(tempfile.mkdtemp(prefix="kdw-"))
     (folder / "run").mkdir(mode=0o700)
-    (folder / "stage.py").write_text(STAGE)
+    shutil.copy(STAGE, folder / "stage.py")
     yield folder
     for pid in warm_processes(folder):
         os.killpg(pid, signal.SIGKILL)  # the warm process and the stages it forked
