@@ -34,7 +34,7 @@ from kdpipe.analysis.sweep_report import seed_range
 from kdpipe.core.config import flat
 from kdpipe.core.errors import ConfigError
 from kdpipe.core.files import read_json, write_json, write_text
-from kdpipe.core.markdown import plus_minus, table
+from kdpipe.core.markdown import p_cell, plus_minus, table
 from kdpipe.measure.stats import paired_by_seed, verdict
 
 LOCK = Path(".dvc/tmp/kdpipe-confirm.lock")  # held while confirm starts or runs its arms
@@ -197,7 +197,7 @@ def gain_cell(gain: dict) -> str:
 def markdown(sweep: dict, result: dict) -> str:
     chosen, base = arm_names(sweep)
     g, selection = result["gain"], sweep["chosen"]["val_vs_best"]
-    p = "–" if g["p_value"] is None else f"{g['p_value']:.4f}"
+    p = p_cell(g["p_value"], 4)
     selection_test = (sweep.get("chosen_test") or {}).get("vs_best") or {}
     lines = ["# Confirmation on fresh seeds", "",
              f"Selected on validation (seeds {seed_range(sweep['seeds'])}), confirmed on fresh "
@@ -207,11 +207,11 @@ def markdown(sweep: dict, result: dict) -> str:
              "test, so p is not adjusted.", ""]
     means = {arm: fmean(per_seed.values()) for arm, per_seed in result["test"].items()}
     rows = [["selection: val gain over the best baseline", gain_cell(selection),
-             f"{selection.get('p_holm', float('nan')):.4f} (Holm, over the settings tried)",
+             f"{p_cell(selection.get('p_holm'), 4)} (Holm, over the settings tried)",
              verdict(selection, "p_holm")]]
     if selection_test:
         rows.append(["selection: test gain, same seeds", gain_cell(selection_test),
-                     f"{selection_test['p_value']:.4f} (selection's seeds)",
+                     f"{p_cell(selection_test['p_value'], 4)} (selection's seeds)",
                      verdict(selection_test, "p_value")])
     rows.append([f"**confirmation: test gain, fresh seeds** ({chosen} {means['chosen']:.2f}% "
                  f"vs {base} {means['baseline']:.2f}%)", f"**{gain_cell(g)}**", p,

@@ -9,7 +9,7 @@ import torch
 
 from kdpipe.core.files import read_json
 from kdpipe.core.machine import BUSY
-from kdpipe.core.markdown import plus_minus, table
+from kdpipe.core.markdown import p_cell, plus_minus, table
 from kdpipe.core.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.measure.fidelity import FIDELITY_KEYS, to_teacher
 from kdpipe.measure.stats import holm, paired_gain, summarize, verdict
@@ -83,10 +83,6 @@ def collect(runs: dict[str, list[dict]]) -> dict:
             "best_seed": best_run["seed"], "best_run": best_run}
 
 
-def _p(p: float | None) -> str:
-    return "–" if p is None else f"{p:.3f}"
-
-
 def markdown(comparison: dict) -> str:
     models, gains = comparison["models"], comparison["gains"]
     seeds, teacher_seed = models["student"]["seeds"], models["teacher"]["seeds"][0]
@@ -96,8 +92,8 @@ def markdown(comparison: dict) -> str:
     rows = []
     for name, row in models.items():
         gain = gains.get(name)
-        gain_cells = ([plus_minus(gain["mean"], gain["ci95"], "+"), _p(gain["p_value"]),
-                       _p(gain["p_holm"]), gain["verdict"]] if gain else ["", "", "", ""])
+        gain_cells = ([plus_minus(gain["mean"], gain["ci95"], "+"), p_cell(gain["p_value"]),
+                       p_cell(gain["p_holm"]), gain["verdict"]] if gain else ["", "", "", ""])
         rows.append([
             f"**{name}**: {row['description']}", f"{row['num_params']:,.0f}",
             plus_minus(row["test_acc"], row["test_acc_ci95"]),

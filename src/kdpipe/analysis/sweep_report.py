@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdpipe.core.files import write_with
-from kdpipe.core.markdown import plus_minus, table
+from kdpipe.core.markdown import p_cell, plus_minus, table
 from kdpipe.measure.stats import verdict
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _gain(g: dict | None, p_key: str = "p_holm") -> list[str]:
     """Three cells: mean ± CI, p, verdict."""
     if not g:
         return ["–", "–", "–"]
-    p = "–" if g.get(p_key) is None else f"{g[p_key]:.3f}"
+    p = p_cell(g.get(p_key))
     return [plus_minus(g["mean"], g["ci95"], "+"), p, verdict(g, p_key)]
 
 

@@ -21,3 +21,12 @@ def plus_minus(value: float, ci: float | None, sign: str = "") -> str:
     "+" for gains); the mean alone where there is no CI (one seed)."""
     return f"{value:{sign}.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
 
+
+
+def p_cell(p: float | None, places: int = 3) -> str:
+    """A p value to `places` decimals, "< 0.001" below what they show (never a bare 0), "–"
+    where there is none (one seed)."""
+    if p is None:
+        return "–"
+    floor = 10.0 ** -places
+    return f"< {floor:.{places}f}" if p < floor else f"{p:.{places}f}"
