@@ -22,7 +22,6 @@ def plus_minus(value: float, ci: float | None, sign: str = "") -> str:
     return f"{value:{sign}.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
 
 
-
 def p_cell(p: float | None, places: int = 3) -> str:
     """A p value to `places` decimals, "< 0.001" below what they show (never a bare 0), "–"
     where there is none (one seed)."""
