@@ -103,11 +103,12 @@ def test_a_markdown_table_aligns_numbers_right_and_refuses_a_ragged_row():
 
 
 def test_a_p_value_below_what_its_decimals_show_is_written_as_a_bound_never_as_zero():
-    from kdpipe.core.markdown import p_cell
+    from kdpipe.core.markdown import p_cell, p_is
 
     assert [p_cell(p) for p in (None, 0.0312, 0.001, 0.00049, 0.0)] == [
         "–", "0.031", "0.001", "< 0.001", "< 0.001"]
     assert p_cell(2.1e-5, 4) == "< 0.0001" and p_cell(0.0072, 4) == "0.0072"
+    assert [p_is(p) for p in (0.0312, 0.00049)] == ["p = 0.031", "p < 0.001"]
 
 
 def test_with_one_method_the_seeds_stay_beside_their_gain(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from kdpipe.core.files import read_json
 from kdpipe.core.machine import BUSY
-from kdpipe.core.markdown import p_cell, plus_minus, table
+from kdpipe.core.markdown import p_cell, p_is, plus_minus, table
 from kdpipe.core.paths import FIGURES, prediction_file, seed_metrics_file
 from kdpipe.measure.fidelity import FIDELITY_KEYS, to_teacher
 from kdpipe.measure.stats import holm, paired_gain, summarize, verdict
@@ -114,9 +114,9 @@ def markdown(comparison: dict) -> str:
                   "`data.val_fraction` > 0 to choose on validation and measure test once.", ""]
     for method, gain in gains.items():
         lines.append(f"- **{method}**: {gain['verdict']}, {gain['mean']:+.2f} pp"
-                     + (f" (95% CI ± {gain['ci95']:.2f}, paired t-test p = "
-                        f"{gain['p_value']:.3f}, Holm-adjusted over {len(gains)} method(s) "
-                        f"p = {gain['p_holm']:.3f})" if gain["p_value"] is not None else ""))
+                     + (f" (95% CI ± {gain['ci95']:.2f}, paired t-test "
+                        f"{p_is(gain['p_value'])}, Holm-adjusted over {len(gains)} method(s) "
+                        f"{p_is(gain['p_holm'])})" if gain["p_value"] is not None else ""))
     lines += ["", "Gain: per-seed difference from the baseline student trained with the same "
               "seed (same initial weights and batch order); the verdict uses p (Holm), the "
               "paired t-test's p adjusted for the number of methods compared. Inference: "

@@ -29,3 +29,9 @@ def p_cell(p: float | None, places: int = 3) -> str:
         return "–"
     floor = 10.0 ** -places
     return f"< {floor:.{places}f}" if p < floor else f"{p:.{places}f}"
+
+
+def p_is(p: float, places: int = 3) -> str:
+    """The same in prose: "p = 0.031", or "p < 0.001" below what the decimals show."""
+    cell = p_cell(p, places)
+    return f"p {cell}" if cell.startswith("<") else f"p = {cell}"
