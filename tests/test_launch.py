@@ -1,6 +1,7 @@
 """The warm launcher (kdpipe.ops.launch, kdpipe.ops.warm) with tiny stage scripts and warm
 processes that import nothing (KDPIPE_WARM_PRELOAD=0), in a folder of their own: stages run warm
 or cold as they should, with their caller's process state, and end as a plain process would."""
+import fcntl
 import json
 import os
 import resource
@@ -141,6 +142,23 @@ def test_a_stage_outliving_its_warm_process_does_not_keep_a_new_one_out(root, en
     assert "kdpipe: the warm process went away; the exit status of stage process" in err
 
 
+def test_a_launcher_finding_the_lock_of_an_exiting_warm_process_starts_another(
+        root, env, monkeypatch):
+    """An idle warm process removes its socket, then exits holding its lock (held here): a
+    launcher starting meanwhile must start another once the lock is free."""
+    path = socket_for(env, monkeypatch)
+    log = path.with_suffix(".log")
+    lock = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        proc = start(root, env, "report")
+        wait_for(lambda: log.exists() and "holds the lock" in log.read_text())
+    finally:
+        os.close(lock)
+    seen, (code, err) = report(proc), finish(proc)  # before: 180 s, then cold
+    assert code == 0 and not seen["cold"], err
+
+
 def test_a_stage_whose_launcher_is_killed_is_interrupted(root, env):
     """DVC or the user killing the launcher (SIGKILL: it forwards nothing) must not leave the
     stage running in the warm process: it is interrupted as SIGTERM would (MLflow run KILLED,
@@ -214,27 +232,6 @@ def test_a_warm_process_running_a_thread_has_the_stage_run_cold(root, env, monke
     assert code == 0 and seen["cold"]
     assert err.splitlines() == ["kdpipe: the warm process runs 2 threads (MainThread, Thread-1 "
                                 "(wait)); running the stage cold"]
-
-
-def test_a_warm_process_with_cuda_initialised_does_not_fork(monkeypatch):
-    import torch
-
-    from kdpipe.ops import warm
-
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert "initialised CUDA" in warm.fork_hazard()
-
-
-def test_the_preload_leaves_one_thread_no_cuda_and_no_telemetry():
-    """The real preload (about 10 s on 2 cores), with MLflow's telemetry as outside pytest."""
-    check = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import warm; "
-             "warm.preload(); import torch, mlflow.telemetry as t; print(threading.active_count(), "
-             "torch.cuda.is_initialized(), t.get_telemetry_client(), warm.fork_hazard())")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTEST_CURRENT_TEST", "CI") and not k.startswith("MLFLOW_")}
-    done = subprocess.run([sys.executable, "-c", check, str(OPS)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["1", "False", "None", "None"], done.stderr
 
 
 def test_a_launcher_losing_its_warm_process_before_the_stage_starts_runs_it_cold(

@@ -31,6 +31,7 @@ imports only the standard library: it must start in milliseconds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -153,10 +154,24 @@ def connect(path: Path) -> socket.socket:
 
 
 def connect_or_start(path: Path) -> socket.socket:
-    try:
-        return connect(path)
-    except OSError:
-        pass
+    deadline = time.monotonic() + START_TIMEOUT
+    server = None
+    while time.monotonic() < deadline:
+        try:
+            return connect(path)
+        except OSError:
+            pass
+        # Exit status 0: it found another warm process holding the lock, which is about to
+        # listen, or idled out and is still exiting: then, once the lock is free, start another.
+        if server is None or (server.poll() == 0 and lock_is_free(path)):
+            server = start_server(path)
+        elif server.returncode not in (None, 0):
+            raise OSError(f"it exited with {server.returncode}; see {path.with_suffix('.log')}")
+        time.sleep(0.05)
+    raise TimeoutError(f"not ready after {START_TIMEOUT:.0f} s")
+
+
+def start_server(path: Path) -> subprocess.Popen:
     # Run as a script with no PYTHONPATH: the warm process imports no project code, so it never
     # holds a stale copy of a workspace's src/ (each stage imports its own).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -169,16 +184,19 @@ def connect_or_start(path: Path) -> socket.socket:
     finally:
         os.close(fd)
     share_autogroup_nice(server.pid)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            return connect(path)
-        except OSError:
-            # Exit status 0: another warm process holds the lock and is about to listen.
-            if server.poll() not in (None, 0):
-                raise OSError(f"it exited with {server.returncode}; see {log}") from None
-            time.sleep(0.05)
-    raise TimeoutError(f"not ready after {START_TIMEOUT:.0f} s")
+    return server
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether no warm process holds the lock of the socket at `path` (kdpipe.ops.warm.serve)."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # and with it the lock, if taken
+    return True
 
 
 def send(conn: socket.socket, request: dict) -> None:

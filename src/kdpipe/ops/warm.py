@@ -64,7 +64,8 @@ def serve(path: str) -> None:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return  # another warm process serves this socket
+        print(f"{path}: another warm process holds the lock; leaving it to serve", flush=True)
+        return
     if os.environ.get("KDPIPE_WARM_PRELOAD") != "0":
         preload()
     with contextlib.suppress(FileNotFoundError):
