@@ -11,12 +11,14 @@ import pytest
 
 from kdpipe.core.config import load_config
 from kdpipe.core.errors import ConfigError
+from kdpipe.ops import recipes
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 SET = re.compile(r"(?:^|\s)-S\s+(?:'([^']+)'|\"([^\"]+)\"|([^\s'\"\\`]+))")
 MODULE = re.compile(r"python3? -m (kdpipe(?:\.\w+)*)")
+RECIPE = re.compile(r"kdpipe recipe ([\w-]+)")
 COMMAND = re.compile(r"(?:^|[\s`$])kdpipe ([a-z][a-z-]+)")
 
 
@@ -31,10 +33,16 @@ def broken_links(text: str, base: Path) -> list[str]:
 
 
 def override_sets(text: str) -> list[list[str]]:
-    """The -S overrides of each command shown (a line, with its `\\` continuations)."""
-    lines = text.replace("\\\n", " ").splitlines()
-    return [found for line in lines
-            if (found := [next(filter(None, g)) for g in SET.findall(line)])]
+    """The -S overrides of each command shown (a line, with its `\\` continuations), after its
+    recipe's own where it runs `kdpipe recipe <name>`, as that command passes them to DVC."""
+    sets = []
+    for line in text.replace("\\\n", " ").splitlines():
+        found = [next(filter(None, g)) for g in SET.findall(line)]
+        if found and (recipe := RECIPE.search(line)):
+            found = recipes.overrides(recipe.group(1), ROOT / "params.yaml") + found
+        if found:
+            sets.append(found)
+    return sets
 
 
 def invalid_overrides(text: str, workdir: Path) -> dict[str, str]:
@@ -66,7 +74,8 @@ def test_every_relative_link_and_image_resolves(doc):
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
-def test_every_params_override_shown_is_valid(doc, tmp_path):
+def test_every_params_override_shown_is_valid(doc, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # a recipe is read from recipes/
     assert invalid_overrides(doc.read_text(), tmp_path) == {}
 
 
@@ -80,6 +89,16 @@ def test_the_checks_catch_a_broken_link_and_a_misspelt_key(tmp_path):
     assert "Could not override 'teacher.epoch'" in next(iter(wrong.values()))
     typo = invalid_overrides("dvc exp run -S data.augment=maybe\n", tmp_path)
     assert typo == {"-S data.augment=maybe": "data.augment='maybe': expected true or false"}
+
+
+def test_the_overrides_of_a_recipe_command_are_checked_after_the_recipes_own(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.chdir(ROOT)
+    command = "kdpipe recipe patient-40 -- -S data.views=0\n"  # patient-40 mixes, so needs views
+    assert invalid_overrides(command.replace("kdpipe recipe patient-40 --", "dvc exp run"),
+                             tmp_path) == {}
+    (shown, error), = invalid_overrides(command, tmp_path).items()
+    assert shown.endswith("-S data.views=0") and "mixes cached views: set views" in error
 
 
 def shown_commands() -> list[list[str]]:
